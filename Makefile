@@ -1,0 +1,50 @@
+# Two commands for a new user: `make demo` (train on penguins with the embedded defaults) and `make test`.
+# Every target creates .venv from requirements.txt when it is missing or out of date.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export PIPELINE_HOME ?= $(CURDIR)/.pipeline
+# Airflow starts `airflow` subprocesses by name: the venv's bin/ must be on PATH.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: venv demo test test-fast mlflow-ui airflow serve bench clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/pipeline train
+	@echo ""
+	@echo "What next:"
+	@echo "  make mlflow-ui    # runs, metrics, plots and the registered model (http://127.0.0.1:5000)"
+	@echo "  make airflow      # the Airflow UI and scheduler on the same state (http://127.0.0.1:8080)"
+	@echo "  make serve        # TensorFlow Serving-compatible REST :8501 and gRPC :8500"
+	@echo "  ls $(PIPELINE_HOME)/serving/   # the SavedModels, in tensorflow/serving's layout"
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+test-fast: venv
+	$(BIN)/python -m pytest -q -m "not e2e"
+
+mlflow-ui: venv
+	$(BIN)/python -m pipeline.tracking ui
+
+airflow: venv
+	$(BIN)/python -m pipeline.commands.airflow_ui
+
+serve: venv
+	$(BIN)/pipeline serve
+
+bench: venv
+	$(BIN)/python benchmarks/pipeline_e2e.py
+
+clean:
+	rm -rf $(PIPELINE_HOME)

@@ -1,0 +1,38 @@
+"""The ``pipeline`` command: ``pipeline train``, ``pipeline serve``, ...
+
+Each sub-command lives in the module that owns it; this file only dispatches, so that ``pipeline serve``
+does not pay for importing Airflow and ``pipeline train`` does not pay for the server.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# sub-command -> (module, function taking argv and returning an exit code, one-line help)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "train": ("pipeline.commands.train", "main", "run the training_pipeline DAG through Airflow"),
+    "serve": ("pipeline.serving.__main__", "main", "TensorFlow Serving-compatible model server"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: pipeline <command> [options]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in {"-h", "--help", "help"}:
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"pipeline: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
