@@ -1,0 +1,119 @@
+"""
+### Training pipeline
+
+Ingest → validate → split → preprocess → train → evaluate → export → register, on the data and model named in
+the config (`conf/penguins.yaml` by default). Every stage is a plain function in `pipeline/`; each task only
+loads the config, calls it inside the stage's MLflow run and hands the next task paths and ids.
+
+The candidate is registered in MLflow; it becomes `champion` and is published to the serving directory only when
+the evaluation gate blesses it. Runs on its own timetable and whenever the drift monitor emits
+`training_data_drift`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pendulum
+from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+
+from pipeline.assets import DRIFT_ASSET_NAME, MODEL_ASSET_NAME
+
+DRIFT = Asset(DRIFT_ASSET_NAME)
+SERVED_MODEL = Asset(MODEL_ASSET_NAME)
+
+
+def _ctx():
+    """The run identity every stage keys its outputs by (imported lazily: pipeline.tasks is light anyway)."""
+    from pipeline.tasks import RunContext
+
+    context = get_current_context()
+    dag_run = context["dag_run"]
+    logical = context.get("logical_date")
+    return dict(context["params"]), RunContext(dag_run.dag_id, dag_run.run_id, logical.isoformat() if logical else None)
+
+
+@dag(
+    dag_id=Path(__file__).stem,
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable("0 3 * * 1", timezone="UTC"), assets=[DRIFT]),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    doc_md=__doc__,
+    tags=["training"],
+    default_args={"retries": 1, "retry_delay": pendulum.duration(seconds=10)},
+    params={
+        "config": Param("", type="string", title="Config file",
+                        description="YAML config; empty means conf/penguins.yaml, or defaults when a source is given"),
+        "source": Param(None, type=["null", "string"], description="CSV or Parquet file overriding the config's source"),
+        "label": Param(None, type=["null", "string"], description="label column overriding the config's label"),
+        "model_name": Param(None, type=["null", "string"], pattern="^[A-Za-z0-9._-]+$",
+                            description="serving model name overriding the config's"),
+        "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=10000),
+        "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=65536),
+        "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=10),
+        "seed": Param(None, type=["null", "integer"], minimum=0),
+        "min_accuracy": Param(None, type=["null", "number"], minimum=0, maximum=1,
+                              description="absolute accuracy floor of the evaluation gate"),
+    },
+)
+def training_pipeline():
+    @task
+    def ingest() -> dict:
+        from pipeline.tasks import ingest_task
+
+        return ingest_task(*_ctx())
+
+    @task
+    def validate(ingested: dict) -> dict:
+        from pipeline.tasks import validate_task
+
+        return validate_task(*_ctx(), ingested)
+
+    @task
+    def split(ingested: dict, validated: dict) -> dict:
+        from pipeline.tasks import split_task
+
+        return split_task(*_ctx(), ingested, validated)
+
+    @task
+    def preprocess(splits: dict, validated: dict) -> dict:
+        from pipeline.tasks import preprocess_task
+
+        return preprocess_task(*_ctx(), splits, validated)
+
+    # Keras' BackupAndRestore checkpoints every epoch under the run's directory: a retry resumes there.
+    @task(retries=2)
+    def train(splits: dict, preprocessed: dict) -> dict:
+        from pipeline.tasks import train_task
+
+        return train_task(*_ctx(), splits, preprocessed)
+
+    @task
+    def evaluate(splits: dict, preprocessed: dict, trained: dict) -> dict:
+        from pipeline.tasks import evaluate_task
+
+        return evaluate_task(*_ctx(), splits, preprocessed, trained)
+
+    @task
+    def export(ingested: dict, validated: dict, splits: dict, preprocessed: dict, trained: dict, evaluated: dict) -> dict:
+        from pipeline.tasks import export_task
+
+        return export_task(*_ctx(), ingested, validated, splits, preprocessed, trained, evaluated)
+
+    @task(outlets=[SERVED_MODEL])
+    def register(ingested: dict, evaluated: dict, exported: dict) -> dict:
+        from pipeline.tasks import register_task
+
+        return register_task(*_ctx(), ingested, evaluated, exported)
+
+    ingested = ingest()
+    validated = validate(ingested)
+    splits = split(ingested, validated)
+    preprocessed = preprocess(splits, validated)
+    trained = train(splits, preprocessed)
+    evaluated = evaluate(splits, preprocessed, trained)
+    exported = export(ingested, validated, splits, preprocessed, trained, evaluated)
+    register(ingested, evaluated, exported)
+
+
+training_pipeline()

@@ -1,0 +1,58 @@
+"""Airflow on the embedded defaults: its home, SQLite database and dags folder under ``PIPELINE_HOME``.
+
+Production deployments set ``AIRFLOW_HOME`` / ``AIRFLOW__*`` themselves (docker/); these defaults only fill
+what is not set.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline import paths
+
+
+def airflow_environ(base: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment for Airflow processes: embedded defaults for whatever the caller has not set."""
+    env = dict(os.environ if base is None else base)
+    home = paths.airflow_home()
+    defaults = {
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(paths.REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
+        # Stage tasks import TensorFlow; the default 30 s would kill a cold start.
+        "AIRFLOW__CORE__KILLED_TASK_CLEANUP_TIME": "60",
+        "PIPELINE_HOME": str(paths.pipeline_home()),
+    }
+    for key, value in defaults.items():
+        env.setdefault(key, value)
+    # Airflow starts `airflow` subprocesses by name: this interpreter's bin/ must be on PATH.
+    bindir = str(Path(sys.executable).parent)
+    if bindir not in env.get("PATH", "").split(os.pathsep):
+        env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env.setdefault("PYTHONPATH", str(paths.REPO_ROOT))
+    return env
+
+
+def apply() -> dict[str, str]:
+    """Put the embedded defaults into this process's environment (before Airflow is imported)."""
+    env = airflow_environ()
+    os.environ.update(env)
+    return env
+
+
+def ensure_db(env: dict[str, str] | None = None) -> None:
+    """Create or upgrade the metadata database (``airflow db migrate``) when it is not current."""
+    env = env or airflow_environ()
+    conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    marker = paths.airflow_home() / ".db-migrated"
+    if marker.exists() and marker.read_text() == conn:
+        return
+    paths.airflow_home().mkdir(parents=True, exist_ok=True)
+    subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
+                   stdout=subprocess.DEVNULL)
+    marker.write_text(conn)

@@ -1,0 +1,57 @@
+"""The MLflow model registry as the pipeline uses it: versions, the ``champion`` alias, and where a
+registered version's SavedModel is on disk."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pipeline import paths
+from pipeline.tracking import client
+
+if TYPE_CHECKING:
+    from mlflow.entities.model_registry import ModelVersion
+
+CHAMPION, PREVIOUS = "champion", "previous"
+
+
+def version_by_alias(model_name: str, alias: str) -> "ModelVersion | None":
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client().get_model_version_by_alias(model_name, alias)
+    except MlflowException:
+        return None
+
+
+def saved_model_dir(model_name: str, version: int | str) -> Path | None:
+    """The SavedModel of a registered version: its serving directory, or (when that is gone) the copy in the
+    MLflow artifact store, downloaded to a cache."""
+    local = paths.serving_base() / model_name / str(version)
+    if (local / "saved_model.pb").exists():
+        return local
+    import mlflow
+
+    mv = client().get_model_version(model_name, str(version))
+    dst = paths.pipeline_home() / "cache" / "models" / model_name / str(version)
+    if not (dst / "saved_model" / "saved_model.pb").exists():
+        dst.mkdir(parents=True, exist_ok=True)
+        mlflow.artifacts.download_artifacts(f"{mv.source.rstrip('/')}/artifacts/saved_model", dst_path=str(dst))
+    return dst / "saved_model" if (dst / "saved_model" / "saved_model.pb").exists() else None
+
+
+def champion_dir(model_name: str) -> tuple[int, Path] | None:
+    mv = version_by_alias(model_name, CHAMPION)
+    if mv is None:
+        return None
+    path = saved_model_dir(model_name, mv.version)
+    return (int(mv.version), path) if path is not None else None
+
+
+def promote(model_name: str, version: int | str) -> int | None:
+    """Make ``version`` the champion; the former champion becomes ``previous``. Returns the former champion."""
+    c = client()
+    current = version_by_alias(model_name, CHAMPION)
+    if current is not None and str(current.version) != str(version):
+        c.set_registered_model_alias(model_name, PREVIOUS, current.version)
+    c.set_registered_model_alias(model_name, CHAMPION, str(version))
+    return int(current.version) if current is not None else None

@@ -1,0 +1,337 @@
+"""The body of each Airflow task: read the config, open the stage's MLflow run, call the stage, log, and
+return a small reference (paths, ids, a few numbers) for the next task. No data goes through XCom.
+
+Each function takes the run's ``params`` and a :class:`RunContext`, plus the previous tasks' return values,
+and writes its outputs under paths keyed by the DAG run, overwriting a previous attempt: retried tasks are
+idempotent. The stage logic itself lives in the stage modules and knows nothing of Airflow or MLflow.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from pipeline import paths
+from pipeline.config import PipelineConfig, from_dict, load_config
+
+STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register")
+# Params of the trigger form that override dotted config keys (see dags/training_pipeline.py).
+PARAM_OVERRIDES = {
+    "source": "source", "label": "label", "model_name": "serving.model_name", "epochs": "training.epochs",
+    "batch_size": "training.batch_size", "learning_rate": "training.learning_rate", "seed": "split.seed",
+    "min_accuracy": "gate.thresholds.accuracy",
+}
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Which DAG run a task belongs to; everything it writes is keyed by ``run_id``."""
+
+    dag_id: str
+    run_id: str
+    logical_date: str | None = None
+
+    @property
+    def data_dir(self) -> Path:
+        return paths.data_dir(self.run_id)
+
+    @property
+    def work_dir(self) -> Path:
+        return paths.run_dir(self.run_id)
+
+
+def load_run_config(params: Mapping[str, Any] | None) -> PipelineConfig:
+    """The config of a run: ``params["config"]`` (a YAML path; default conf/penguins.yaml) with the trigger
+    form's overrides. With a ``source`` and ``label`` but no config file, every other setting is a default
+    and the features are inferred from the data."""
+    params = dict(params or {})
+    overrides = {PARAM_OVERRIDES[k]: v for k, v in params.items() if k in PARAM_OVERRIDES and v not in (None, "")}
+    if params.get("config"):
+        return load_config(params["config"], overrides)
+    if params.get("source") and params.get("label"):
+        name = params.get("model_name") or Path(str(params["source"])).stem
+        base = from_dict({"name": name, "source": params["source"], "label": params["label"]})
+        return base.with_overrides({k: v for k, v in overrides.items() if k not in ("source", "label")})
+    return load_config(None, overrides)
+
+
+def _write_json(path: Path, payload: Any) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=2, default=str))
+    return str(path)
+
+
+def _read_frame(path: str):
+    import pandas as pd
+
+    return pd.read_parquet(path)
+
+
+def ingest_task(params: Mapping[str, Any], ctx: RunContext) -> dict[str, Any]:
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.ingest import ingest
+
+    cfg = load_run_config(params)
+    parent = tracking.parent_run(cfg.name, ctx.dag_id, ctx.run_id, ctx.logical_date, cfg.to_dict() | {})
+    with tracking.stage_run(parent, "ingest"):
+        mlflow.log_params({"source": cfg.source, "label": cfg.label})
+        snap = ingest(cfg.source, ctx.data_dir, label=cfg.label)
+        df = _read_frame(snap.path)
+        dataset = mlflow.data.from_pandas(df, source=snap.source, name=cfg.name, targets=cfg.label
+                                          if cfg.label in df.columns else None, digest=snap.digest[:16])
+        mlflow.log_input(dataset, context="training")
+        mlflow.log_metrics({"rows": snap.rows, "columns": len(snap.columns)})
+        mlflow.log_params({"snapshot": snap.path, "digest": snap.digest})
+    return {"parent_run_id": parent, "snapshot": snap.path, "digest": snap.digest, "rows": snap.rows,
+            "source": snap.source}
+
+
+def validate_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    from pipeline import registry, tracking
+    from pipeline.export import SCHEMA_FILE
+    from pipeline.validate import ValidationError, load_schema, validate
+
+    cfg = load_run_config(params)
+    with tracking.stage_run(ingested["parent_run_id"], "validate"):
+        champion = registry.champion_dir(cfg.serving.model_name)
+        ref_path = champion[1] / "assets.extra" / SCHEMA_FILE if champion else None
+        reference = load_schema(ref_path) if ref_path is not None and ref_path.exists() else None
+        mlflow.log_param("reference_schema", f"champion v{champion[0]}" if reference else "none (first run: inferred)")
+        f = cfg.features
+        try:
+            result = validate(_read_frame(ingested["snapshot"]), cfg.label, cfg.task, f.numeric, f.categorical, f.exclude,
+                              reference=reference, source=ingested["source"])
+        except ValidationError as exc:
+            mlflow.log_dict({"anomalies": [a.__dict__ for a in exc.anomalies]}, "anomalies.json")
+            raise
+        schema_path = _write_json(ctx.data_dir / "schema.json", result.schema)
+        mlflow.log_dict(result.schema, "schema.json")
+        mlflow.log_dict(result.report(), "anomalies.json")
+        mlflow.log_metrics({"anomalies_blocking": len(result.blocking), "anomalies_total": len(result.anomalies)})
+        for anomaly in result.anomalies:
+            print(f"validate: warning: {anomaly.column}: {anomaly.message}")
+    return {"parent_run_id": ingested["parent_run_id"], "schema": schema_path, "features": result.schema["features"]}
+
+
+def split_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[str, Any],
+               validated: Mapping[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.split import class_balance, split_frame, write_splits
+
+    cfg = load_run_config(params)
+    features = validated["features"]
+    with tracking.stage_run(validated["parent_run_id"], "split"):
+        mlflow.log_params({f"split_{k}": v for k, v in cfg.split.__dict__.items()})
+        parts = split_frame(_read_frame(ingested["snapshot"]), features["label"], cfg.split, features["task"])
+        out = write_splits(parts, ctx.work_dir / "split")
+        mlflow.log_metrics({f"rows_{k}": len(v) for k, v in parts.items()})
+        if features["task"] == "classification":
+            balance = class_balance(parts, features["label"])
+            mlflow.log_dict(balance, "class_balance.json")
+            mlflow.log_metrics({f"share_{s}_{c}": v for s, shares in balance.items() for c, v in shares.items()})
+    return {"parent_run_id": validated["parent_run_id"], **out}
+
+
+def preprocess_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[str, Any],
+                    validated: Mapping[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.features import FeatureSpec
+    from pipeline.preprocess import build_preprocessor, save_preprocessor
+
+    with tracking.stage_run(splits["parent_run_id"], "preprocess"):
+        spec = FeatureSpec.from_dict(validated["features"])
+        preprocessor, meta = build_preprocessor(_read_frame(splits["train"]), spec)
+        out = save_preprocessor(preprocessor, meta, ctx.work_dir / "preprocess")
+        mlflow.log_params({"numeric_features": ",".join(spec.numeric), "categorical_features": ",".join(spec.categorical),
+                           "task": spec.task, "n_classes": len(meta.class_names)})
+        mlflow.log_dict({"numeric_means": meta.numeric_means, "vocabularies": meta.vocabularies,
+                         "class_names": meta.class_names}, "preprocessing.json")
+    return {"parent_run_id": splits["parent_run_id"], **out}
+
+
+def train_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[str, Any],
+               preprocessed: Mapping[str, Any]) -> dict[str, Any]:
+    import mlflow
+
+    from pipeline import tracking
+    from pipeline.preprocess import PreprocessMeta
+    from pipeline.train import train
+
+    cfg = load_run_config(params)
+    with tracking.stage_run(splits["parent_run_id"], "train"):
+        mlflow.log_params({"builder": cfg.model.builder, **{f"model_{k}": v for k, v in cfg.model.params.items()},
+                           **{f"training_{k}": v for k, v in cfg.training.__dict__.items()}})
+        result = train(_read_frame(splits["train"]), _read_frame(splits["val"]), preprocessed["preprocessor"],
+                       PreprocessMeta.load(preprocessed["meta"]), cfg.model, cfg.training, ctx.work_dir / "train",
+                       seed=cfg.split.seed, callbacks=[tracking.EpochLogger()])
+        mlflow.log_params({"strategy": result.strategy, "precision_policy": result.precision_policy})
+        mlflow.log_metrics({"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                            "resumed_from_epoch": result.resumed_from_epoch})
+        tracking.log_figure(tracking.training_curve_figure(result.history), "training_curves.png")
+    return {"parent_run_id": splits["parent_run_id"], "model": result.model_path, "epochs_run": result.epochs_run}
+
+
+def evaluate_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[str, Any],
+                  preprocessed: Mapping[str, Any], trained: Mapping[str, Any]) -> dict[str, Any]:
+    import mlflow
+    import numpy as np
+
+    from pipeline import evaluate as ev
+    from pipeline import registry, tracking
+    from pipeline.export import ExportError, predict_keras, predict_saved_model
+    from pipeline.preprocess import PreprocessMeta, label_array
+    from pipeline.train import load_model
+
+    cfg = load_run_config(params)
+    meta = PreprocessMeta.load(preprocessed["meta"])
+    spec = meta.feature_spec
+    with tracking.stage_run(splits["parent_run_id"], "evaluate"):
+        test = _read_frame(splits["test"])
+        y = label_array(test, meta)
+        if spec.task == "classification":
+            keep = y >= 0  # classes never seen in training cannot be scored
+            test, y = test[keep].reset_index(drop=True), y[keep]
+        pred = predict_keras(load_model(trained["model"]), test, meta)
+
+        def score(p):
+            if spec.task == "classification":
+                return ev.classification_metrics(y, p, meta.class_names)
+            return ev.regression_metrics(y, p)
+
+        metrics = score(pred)
+        champion_metrics, champion_version, champion_note = None, None, "no champion"
+        champion = registry.champion_dir(cfg.serving.model_name)
+        if champion is not None:
+            champion_version = champion[0]
+            try:
+                champion_metrics = score(predict_saved_model(champion[1], test, spec))
+                champion_note = f"champion v{champion_version} scored on the same test split"
+            except (ExportError, KeyError, ValueError) as exc:
+                champion_note = f"champion v{champion_version} could not be scored on this data: {exc}"
+        decision = ev.decide_blessing(metrics, cfg.gate, champion_metrics)
+        mlflow.log_metrics(metrics)
+        if champion_metrics:
+            mlflow.log_metrics({f"champion_{k}": v for k, v in champion_metrics.items()})
+        mlflow.log_params({"champion": champion_note, "gate_metric": cfg.gate.metric})
+        mlflow.set_tag("blessed", str(decision.blessed).lower())
+        mlflow.log_dict(decision.to_dict(), "gate_decision.json")
+        if spec.task == "classification":
+            tracking.log_figure(ev.confusion_matrix_figure(y, pred.argmax(axis=1), meta.class_names), "confusion_matrix.png")
+        else:
+            tracking.log_figure(ev.residual_figure(y, pred), "residuals.png")
+        out_dir = ctx.work_dir / "evaluate"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        np.save(out_dir / "predictions.npy", pred)
+        _write_json(out_dir / "metrics.json", {"metrics": metrics, "champion_metrics": champion_metrics,
+                                               "decision": decision.to_dict()})
+        for reason in decision.reasons:
+            print(f"evaluate: {reason}")
+    return {"parent_run_id": splits["parent_run_id"], "blessed": decision.blessed,
+            "metric": {cfg.gate.metric: metrics.get(cfg.gate.metric)}, "champion_version": champion_version,
+            "metrics_file": str(out_dir / "metrics.json"), "predictions": str(out_dir / "predictions.npy")}
+
+
+def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[str, Any], validated: Mapping[str, Any],
+                splits: Mapping[str, Any], preprocessed: Mapping[str, Any], trained: Mapping[str, Any],
+                evaluated: Mapping[str, Any]) -> dict[str, Any]:
+    import shutil
+
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    from pipeline import tracking
+    from pipeline.export import write_candidate
+    from pipeline.preprocess import PreprocessMeta, feature_arrays
+    from pipeline.pyfunc import SavedModelPyfunc
+    from pipeline.train import load_model
+
+    cfg = load_run_config(params)
+    meta = PreprocessMeta.load(preprocessed["meta"])
+    spec = meta.feature_spec
+    staging_root = paths.serving_base() / cfg.serving.model_name
+    with tracking.stage_run(splits["parent_run_id"], "export"):
+        test = _read_frame(splits["test"])
+        metrics = json.loads(Path(evaluated["metrics_file"]).read_text())["metrics"]
+        metadata = {
+            "model_name": cfg.serving.model_name, "task": spec.task, "label": spec.label,
+            "features": {"numeric": list(spec.numeric), "categorical": list(spec.categorical)},
+            "class_names": meta.class_names, "dag_id": ctx.dag_id, "dag_run_id": ctx.run_id,
+            "mlflow_run_id": splits["parent_run_id"],
+            "dataset": {"snapshot": ingested["snapshot"], "digest": ingested["digest"], "rows": ingested["rows"],
+                        "source": ingested["source"]},
+            "train_split": splits["train"], "test_split": splits["test"], "schema": validated["schema"],
+            "metrics": metrics, "blessed": evaluated["blessed"],
+        }
+        schema = json.loads(Path(validated["schema"]).read_text())
+        # A retry replaces its own earlier staging copy: the directory is keyed by the DAG run.
+        staging = staging_root / f".staging-{paths.safe_key(ctx.run_id)}"
+        shutil.rmtree(staging, ignore_errors=True)
+        tmp, diff = write_candidate(load_model(trained["model"]), meta, test, staging_root, metadata, schema)
+        tmp.rename(staging)
+        mlflow.log_metric("export_max_abs_diff", diff)
+
+        example = pd.DataFrame(feature_arrays(test.head(5), spec))
+        model = SavedModelPyfunc()
+        info = mlflow.pyfunc.log_model(name="model", python_model=model, artifacts={"saved_model": str(staging)},
+                                       input_example=example, signature=infer_signature(example))
+        # Check that what MLflow stored loads and answers like the SavedModel, rather than assume it.
+        reloaded = mlflow.pyfunc.load_model(info.model_uri).predict(example)
+        if len(reloaded) != len(example):
+            raise RuntimeError(f"the logged MLflow model answered {len(reloaded)} rows for {len(example)}")
+    return {"parent_run_id": splits["parent_run_id"], "staging": str(staging), "model_uri": info.model_uri,
+            "max_abs_diff": diff}
+
+
+def register_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[str, Any],
+                  evaluated: Mapping[str, Any], exported: Mapping[str, Any]) -> dict[str, Any]:
+    import shutil
+
+    import mlflow
+
+    from pipeline import registry, tracking
+    from pipeline.export import METADATA_FILE, publish
+
+    cfg = load_run_config(params)
+    name = cfg.serving.model_name
+    parent = exported["parent_run_id"]
+    with tracking.stage_run(parent, "register"):
+        c = tracking.client()
+        # A retried task finds the version it registered before instead of registering a duplicate.
+        existing = c.search_model_versions(f"name = '{name}' and tags.`airflow.run_id` = '{ctx.run_id}'")
+        mv = existing[0] if existing else mlflow.register_model(exported["model_uri"], name, tags={
+            "airflow.dag_id": ctx.dag_id, "airflow.run_id": ctx.run_id, "dataset_digest": ingested["digest"],
+            "blessed": str(evaluated["blessed"]).lower(), "mlflow_parent_run_id": parent})
+        version = int(mv.version)
+        published = None
+        staging = Path(exported["staging"])
+        if evaluated["blessed"]:
+            if staging.exists():
+                meta_file = staging / "assets.extra" / METADATA_FILE
+                meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "version": version}, indent=2))
+                published = str(publish(staging, paths.serving_base() / name, version))
+            else:  # retried after publishing: the version directory is already in place
+                published = str(paths.serving_base() / name / str(version))
+            previous = registry.promote(name, version)
+            mlflow.log_params({"previous_champion": previous})
+        else:
+            # Registered for comparison in the MLflow UI, never published where a server would load it.
+            shutil.rmtree(staging, ignore_errors=True)
+        champion = registry.version_by_alias(name, registry.CHAMPION)
+        mlflow.log_params({"registered_model": name, "version": version, "published": published})
+        mlflow.set_tags({"blessed": str(evaluated["blessed"]).lower(), "model_version": str(version)})
+    with mlflow.start_run(run_id=parent):
+        mlflow.log_metrics({f"test_{k}": v for k, v in evaluated["metric"].items() if v is not None})
+        mlflow.set_tags({"model_version": str(version), "blessed": str(evaluated["blessed"]).lower()})
+    tracking.finish_parent(parent)
+    return {"parent_run_id": parent, "model_name": name, "version": version, "blessed": evaluated["blessed"],
+            "published": published, "champion": int(champion.version) if champion else None}

@@ -1,0 +1,186 @@
+"""MLflow helpers: one parent run per DAG run, one nested run per stage, reused when a task is retried.
+
+The embedded default is a SQLite store with local artifacts under ``PIPELINE_HOME/mlflow``; set
+``MLFLOW_TRACKING_URI`` to use a tracking server. ``python -m pipeline.tracking ui`` opens the UI on that store.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
+
+from pipeline import paths
+
+if TYPE_CHECKING:
+    import mlflow
+
+TAG_DAG_ID, TAG_RUN_ID, TAG_LOGICAL_DATE = "airflow.dag_id", "airflow.run_id", "airflow.logical_date"
+TAG_STAGE, TAG_PARENT = "pipeline.stage", "mlflow.parentRunId"
+# Without this tag the MLflow 3 UI opens a new experiment on its GenAI pages instead of the runs table.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def configure() -> str:
+    """Point MLflow at the configured store (creating the embedded one's directory) and return its URI."""
+    import mlflow
+
+    uri = paths.mlflow_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        paths.mlflow_dir().mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def client() -> "mlflow.MlflowClient":
+    import mlflow
+
+    configure()
+    return mlflow.MlflowClient()
+
+
+def experiment_id(name: str) -> str:
+    """The id of experiment ``name``, created (with local artifacts and the UI tag) if missing."""
+    c = client()
+    exp = c.get_experiment_by_name(name)
+    if exp is None:
+        location = None
+        if paths.mlflow_tracking_uri().startswith("sqlite:///"):
+            location = f"{paths.mlflow_artifact_root()}/{name}"
+        try:
+            return c.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+        except Exception:  # created concurrently by another task: use it
+            exp = c.get_experiment_by_name(name)
+            if exp is None:
+                raise
+    if exp.tags.get("mlflow.experimentKind") != EXPERIMENT_KIND["mlflow.experimentKind"]:
+        c.set_experiment_tag(exp.experiment_id, "mlflow.experimentKind", EXPERIMENT_KIND["mlflow.experimentKind"])
+    return exp.experiment_id
+
+
+def _find_run(exp_id: str, filters: Mapping[str, str]) -> str | None:
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in filters.items())
+    runs = client().search_runs([exp_id], filter_string=query, max_results=1, order_by=["attributes.start_time ASC"])
+    return runs[0].info.run_id if runs else None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=paths.REPO_ROOT, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def parent_run(exp_name: str, dag_id: str, run_id: str, logical_date: str | None = None,
+               params: Mapping[str, Any] | None = None) -> str:
+    """The MLflow run of this DAG run: found by its tags, or created. Idempotent across task retries."""
+    exp_id = experiment_id(exp_name)
+    found = _find_run(exp_id, {TAG_DAG_ID: dag_id, TAG_RUN_ID: run_id, "pipeline.kind": "dag_run"})
+    if found:
+        return found
+    tags = {TAG_DAG_ID: dag_id, TAG_RUN_ID: run_id, "pipeline.kind": "dag_run",
+            TAG_LOGICAL_DATE: logical_date or "", "mlflow.source.git.commit": git_commit() or ""}
+    run = client().create_run(exp_id, run_name=f"{dag_id} {run_id}", tags=tags)
+    if params:
+        for key, value in params.items():
+            client().log_param(run.info.run_id, key, str(value)[:6000])
+    return run.info.run_id
+
+
+@contextlib.contextmanager
+def stage_run(parent_id: str, stage: str) -> Iterator["mlflow.ActiveRun"]:
+    """Activate the nested run of ``stage`` under ``parent_id`` (the same run again when a task is retried).
+
+    A failure marks the stage run and the parent run FAILED; the exception propagates so the task fails.
+    """
+    import mlflow
+
+    c = client()
+    parent = c.get_run(parent_id)
+    exp_id = parent.info.experiment_id
+    child = _find_run(exp_id, {TAG_PARENT: parent_id, TAG_STAGE: stage})
+    if child is None:
+        tags = {TAG_PARENT: parent_id, TAG_STAGE: stage, TAG_DAG_ID: parent.data.tags.get(TAG_DAG_ID, ""),
+                TAG_RUN_ID: parent.data.tags.get(TAG_RUN_ID, "")}
+        child = c.create_run(exp_id, run_name=stage, tags=tags).info.run_id
+    if parent.info.status != "RUNNING":
+        c.update_run(parent_id, status="RUNNING")
+    try:
+        with mlflow.start_run(run_id=child) as run:
+            try:
+                yield run
+            except BaseException as exc:
+                # The reason is kept on the stage run, where a user looking at the failed run finds it.
+                mlflow.set_tag("pipeline.error", f"{type(exc).__name__}: {exc}"[:5000])
+                raise
+    except BaseException:
+        c.set_terminated(parent_id, "FAILED")
+        raise
+
+
+def finish_parent(parent_id: str, status: str = "FINISHED") -> None:
+    client().set_terminated(parent_id, status)
+
+
+def log_figure(fig, name: str) -> None:
+    import matplotlib.pyplot as plt
+    import mlflow
+
+    mlflow.log_figure(fig, name)
+    plt.close(fig)
+
+
+class EpochLogger:
+    """Factory for a Keras callback that logs every epoch's metrics to the active MLflow run (step = epoch)."""
+
+    def __new__(cls):
+        import keras
+        import mlflow
+
+        class _EpochLogger(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                if logs:
+                    mlflow.log_metrics({k: float(v) for k, v in logs.items()}, step=epoch)
+
+        return _EpochLogger()
+
+
+def training_curve_figure(history: Mapping[str, list[float]]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted({k.removeprefix("val_") for k in history})
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.5), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for key, style in ((name, "-"), (f"val_{name}", "--")):
+            if key in history:
+                ax.plot(range(1, len(history[key]) + 1), history[key], style, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def ui(argv: list[str] | None = None) -> int:
+    """Start ``mlflow ui`` on the configured store (default http://127.0.0.1:5000)."""
+    uri = paths.mlflow_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        paths.mlflow_dir().mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+           "--default-artifact-root", paths.mlflow_artifact_root(), *(argv or ["--host", "127.0.0.1", "--port", "5000"])]
+    print(" ".join(cmd), flush=True)
+    os.execv(sys.executable, cmd)
+    return 0
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 2 and sys.argv[1] == "ui":
+        sys.exit(ui(sys.argv[2:] or None))
+    print("usage: python -m pipeline.tracking ui [mlflow ui options]", file=sys.stderr)
+    sys.exit(2)
