@@ -1,0 +1,272 @@
+"""The API logic both transports share: version resolution, predict/classify/regress execution (batched or
+not), metadata and status messages, request logging and metrics. REST and gRPC only translate wire formats.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from concurrent.futures import Future
+from typing import Any
+
+import numpy as np
+
+from pipeline.serving.batching import Batcher, batch_rows
+from pipeline.serving.errors import Code, ServingError, invalid
+from pipeline.serving.manager import ModelManager
+from pipeline.serving.metrics import Metrics
+from pipeline.serving.options import ServerOptions
+from pipeline.serving.request_log import RequestLog
+from pipeline.serving.servable import (CLASSIFY_METHOD, DEFAULT_SIGNATURE, MAX_WARMUP_RECORDS, REGRESS_METHOD,
+                                       WARMUP_FILE, Servable, Signature)
+
+
+class Service:
+    """Everything a request needs, independent of its transport."""
+
+    def __init__(self, options: ServerOptions, metrics: Metrics, request_log: RequestLog | None):
+        self.options = options
+        self.metrics = metrics
+        self.request_log = request_log
+        self.manager = ModelManager(
+            options.models, self.load, serve_base=options.serve_base,
+            allow_unavailable_labels=options.allow_labels_for_unavailable,
+            on_load=lambda name, ok: metrics.loads.inc(name, "OK" if ok else "ERROR"))
+
+    # ------------------------------------------------------------------------------------- loading
+    def load(self, name: str, version: int, path) -> Servable:
+        """Load a version and replay its warmup requests before it may take traffic."""
+        servable = Servable(name, version, path)
+        if self.options.enable_warmup and (path / WARMUP_FILE).is_file():
+            try:
+                self.warmup(servable, path / WARMUP_FILE)
+            except ServingError as exc:
+                servable.close()
+                raise ServingError(exc.code, f"Failed to warm up model {name} version {version}: {exc.message}") \
+                    from None
+        return servable
+
+    def warmup(self, servable: Servable, path) -> int:
+        """Run the ``PredictionLog`` records of ``assets.extra/tf_serving_warmup_requests`` on a servable."""
+        import tensorflow as tf
+        from tensorflow_serving.apis import prediction_log_pb2
+
+        count = 0
+        for record in tf.data.TFRecordDataset(str(path)).take(MAX_WARMUP_RECORDS):
+            log = prediction_log_pb2.PredictionLog.FromString(record.numpy())
+            kind = log.WhichOneof("log_type")
+            if kind == "predict_log":
+                request = log.predict_log.request
+                signature = servable.signature_for_predict(request.model_spec.signature_name, rest=False)
+                inputs = {alias: tensor_from_proto(t, alias) for alias, t in request.inputs.items()}
+                Servable.check_inputs(signature, inputs)
+                servable.run(signature, inputs)
+            elif kind in ("classify_log", "regress_log"):
+                request = getattr(log, kind).request
+                method = CLASSIFY_METHOD if kind == "classify_log" else REGRESS_METHOD
+                signature = servable.signature_for(request.model_spec.signature_name, method)
+                self.run_examples(servable, signature, serialized_examples(request.input))
+            else:
+                raise invalid(f"Unsupported log_type for warmup: {kind}")
+            count += 1
+        return count
+
+    # ---------------------------------------------------------------------------------------- calls
+    def submit(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray]) -> Future | None:
+        """Queue a call on the signature's batcher; None when not batching (the caller runs it)."""
+        batching = self.options.batching
+        if batching is None:
+            return None
+        rows = batch_rows(inputs)
+        if not rows:
+            return None
+        batcher = servable.batcher(signature, functools.partial(
+            Batcher, functools.partial(servable.run, signature), batching,
+            f"{servable.name}-{servable.version}-{signature.name}",
+            functools.partial(self._observe_batch, servable.name, str(servable.version), signature.name)))
+        if batcher is None:
+            return None
+        return batcher.submit(inputs, rows)
+
+    def _observe_batch(self, model: str, version: str, signature: str, rows: int) -> None:
+        self.metrics.batch_size.observe(rows, model, version, signature)
+
+    def call(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
+             timeout: float | None) -> dict[str, np.ndarray]:
+        """Run a signature from a worker thread (gRPC), batched when batching is on."""
+        future = self.submit(servable, signature, inputs)
+        if future is None:
+            return servable.run(signature, inputs)
+        try:
+            return future.result(timeout=timeout)
+        except TimeoutError:
+            raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+
+    def run_examples(self, servable: Servable, signature: Signature, examples: np.ndarray,
+                     timeout: float | None = None) -> dict[str, np.ndarray]:
+        """Classify/regress: feed serialized tf.Examples to the signature's single string input."""
+        if len(signature.inputs) != 1:
+            raise invalid("Expected one input Tensor.")
+        alias = next(iter(signature.inputs))
+        return self.call(servable, signature, {alias: examples}, timeout)
+
+    # ----------------------------------------------------------------------------- observability
+    def record(self, model: str, version: str, entrypoint: str, api: str, status: str, started: float) -> None:
+        self.metrics.requests.inc(model, version, entrypoint, api, status)
+        self.metrics.latency.observe((time.perf_counter() - started) * 1e6, model, api, entrypoint)
+
+    def log_request(self, request_id: str, servable: Servable, signature_name: str, api: str,
+                    inputs: dict[str, np.ndarray], outputs: dict[str, np.ndarray]) -> None:
+        self.request_log.log(request_id=request_id, model_name=servable.name, model_version=servable.version,
+                             signature_name=signature_name or DEFAULT_SIGNATURE, api=api, features=inputs,
+                             outputs=outputs)
+
+    # ------------------------------------------------------------------------------- messages
+    def status_response(self, name: str, version: int | None):
+        from tensorflow_serving.apis import get_model_status_pb2
+
+        response = get_model_status_pb2.GetModelStatusResponse()
+        for number, status in self.manager.status(name, version):
+            item = response.model_version_status.add()
+            item.version = number
+            item.state = get_model_status_pb2.ModelVersionStatus.State.Value(status.state)
+            item.status.error_code = Code[status.error_code].value
+            item.status.error_message = status.error_message
+        return response
+
+
+def tensor_from_proto(proto, alias: str) -> np.ndarray:
+    """A request TensorProto as numpy (``Tensor::FromProto``)."""
+    import tensorflow as tf
+
+    try:
+        array = tf.make_ndarray(proto)
+    except Exception:
+        raise invalid(f"tensor parsing error: {alias}") from None
+    if array.dtype.kind == "S":  # fixed-width bytes from make_ndarray: keep them as Python bytes
+        array = array.astype(object)
+    return array
+
+
+# numpy dtype -> (DataType, TensorProto repeated field)
+_TYPED_FIELDS = {np.dtype(np.float32): (1, "float_val"), np.dtype(np.float64): (2, "double_val"),
+                 np.dtype(np.int32): (3, "int_val"), np.dtype(np.uint8): (4, "int_val"),
+                 np.dtype(np.int16): (5, "int_val"), np.dtype(np.int8): (6, "int_val"),
+                 np.dtype(np.int64): (9, "int64_val"), np.dtype(np.bool_): (10, "bool_val"),
+                 np.dtype(np.uint16): (17, "int_val"), np.dtype(np.uint32): (22, "uint32_val"),
+                 np.dtype(np.uint64): (23, "uint64_val")}
+
+
+def tensor_to_proto(array: np.ndarray):
+    """An output as a TensorProto with typed ``*_val`` fields (not ``tensor_content``), like TF Serving."""
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    proto = tensor_pb2.TensorProto()
+    proto.tensor_shape.CopyFrom(tensor_shape_pb2.TensorShapeProto(
+        dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=d) for d in array.shape]))
+    flat = array.reshape(-1)
+    if array.dtype == object or array.dtype.kind in "SU":
+        proto.dtype = types_pb2.DT_STRING
+        proto.string_val.extend(v if isinstance(v, bytes) else str(v).encode() for v in flat.tolist())
+        return proto
+    if array.dtype == np.float16:
+        proto.dtype = types_pb2.DT_HALF
+        proto.half_val.extend(flat.view(np.uint16).tolist())
+        return proto
+    typed = _TYPED_FIELDS.get(array.dtype)
+    if typed is None:
+        raise ServingError(Code.UNIMPLEMENTED, f"Unsupported output dtype: {array.dtype}")
+    proto.dtype, field = typed
+    getattr(proto, field).extend(flat.tolist())
+    return proto
+
+
+def examples_to_protos(context: dict | None, examples: list[dict]) -> np.ndarray:
+    """REST classify/regress features as serialized tf.Examples (context merged into each)."""
+    from tensorflow.core.example import example_pb2
+
+    def build(features: dict) -> Any:
+        example = example_pb2.Example()
+        for name, feature in features.items():
+            target = example.features.feature[name]
+            if feature["kind"] == "int64":
+                target.int64_list.value.extend(feature["values"])
+            elif feature["kind"] == "float":
+                target.float_list.value.extend(feature["values"])
+            elif feature["kind"] == "bytes":
+                target.bytes_list.value.extend(feature["values"])
+        return example
+
+    context_proto = build(context) if context is not None else None
+    serialized = []
+    for features in examples:
+        example = build(features)
+        if context_proto is not None:
+            merged = example_pb2.Example()
+            merged.MergeFrom(context_proto)
+            merged.MergeFrom(example)
+            example = merged
+        serialized.append(example.SerializeToString())
+    array = np.empty(len(serialized), dtype=object)
+    array[:] = serialized
+    return array
+
+
+def serialized_examples(input_proto) -> np.ndarray:
+    """A gRPC ``Input`` (example list, with or without context) as serialized tf.Examples."""
+    kind = input_proto.WhichOneof("kind")
+    if kind == "example_list":
+        serialized = [e.SerializeToString() for e in input_proto.example_list.examples]
+    elif kind == "example_list_with_context":
+        with_context = input_proto.example_list_with_context
+        context = with_context.context.SerializeToString()
+        serialized = [context + e.SerializeToString() for e in with_context.examples]
+    else:
+        serialized = []
+    if not serialized:
+        raise invalid("Input is empty.")
+    array = np.empty(len(serialized), dtype=object)
+    array[:] = serialized
+    return array
+
+
+def classification_rows(outputs: dict[str, np.ndarray], count: int) -> list[list[tuple[str, float]]]:
+    """``classes``/``scores`` outputs as per-example (label, score) lists (``PostProcessClassificationResult``)."""
+    classes, scores = outputs.get("classes"), outputs.get("scores")
+    if classes is None and scores is None:
+        raise invalid("Expected classification signature outputs to contain classes or scores")
+    for name, value in (("classes", classes), ("scores", scores)):
+        if value is not None and (value.ndim != 2 or value.shape[0] != count):
+            raise invalid(f"Expected {name} Tensor of shape [batch_size num_classes] but got "
+                          f"{list(value.shape)}")
+    rows = []
+    for i in range(count):
+        n = (classes if classes is not None else scores).shape[1]
+        rows.append([(_text(classes[i][j]) if classes is not None else "",
+                      float(scores[i][j]) if scores is not None else 0.0) for j in range(n)])
+    return rows
+
+
+def regression_values(outputs: dict[str, np.ndarray], count: int) -> list[float]:
+    """The ``outputs`` output as one value per example (``PostProcessRegressionResult``)."""
+    values = outputs.get("outputs")
+    if values is None:
+        raise invalid("No regression outputs found in SignatureDef")
+    if values.ndim == 2 and values.shape[1] == 1:
+        values = values[:, 0]
+    if values.ndim != 1 or values.shape[0] != count:
+        raise invalid(f"Expected output Tensor shape to be [batch_size] or [batch_size, 1] but got "
+                      f"{list(values.shape)}")
+    return [float(v) for v in values.tolist()]
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def signature_def_json(servable: Servable) -> dict:
+    """All SignatureDefs of the MetaGraph as TF Serving's metadata JSON prints them."""
+    from google.protobuf import json_format
+
+    return {name: json_format.MessageToDict(sig, preserving_proto_field_name=True,
+                                            always_print_fields_with_no_presence=True)
+            for name, sig in sorted(servable.signature_defs.items())}
