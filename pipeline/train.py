@@ -147,10 +147,11 @@ def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", preprocessor_path: s
 
 
 def _backup_epoch(backup_dir: Path) -> int:
-    """The epoch a previous attempt reached (0 when starting fresh), read from Keras' backup metadata."""
+    """How many epochs a previous attempt completed (0 when starting fresh), from Keras' backup metadata,
+    which records the next epoch to run."""
     meta = backup_dir / "training_metadata.json"
     try:
-        return int(json.loads(meta.read_text()).get("epoch", -1)) + 1
+        return int(json.loads(meta.read_text()).get("epoch", 0))
     except (OSError, ValueError):
         return 0
 
