@@ -1,0 +1,280 @@
+"""``run_monitor``: one monitor run, from a window and the serving model's lineage file to a ``DriftResult``.
+
+The edge of the monitoring stage: it reads the lineage (``assets.extra/pipeline_metadata.json``), the
+reference statistics (cached per model version, built from the training split on a miss), the window (a
+DataFrame, a CSV/Parquet file or a request-log JSONL file), optional late labels; then calls the pure
+functions of ``drift`` and ``performance``, and writes the report / MLflow run when asked. The retraining
+decision (``guards.should_retrain``) is left to the caller, which knows the retraining history.
+
+Configuration: the ``monitoring:`` section of the pipeline YAML (see docs/monitoring.md), loaded by
+``MonitorConfig.from_yaml`` into a frozen object.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pandas as pd
+
+from pipeline.monitoring.drift import DriftConfig, DriftResult, analyse_drift
+from pipeline.monitoring.performance import evaluate_performance
+from pipeline.monitoring.reference import (
+    FeatureTypes,
+    ReferenceStats,
+    build_reference,
+    load_or_build_reference,
+    reference_cache_dir,
+)
+from pipeline.monitoring.request_log import (
+    OUTPUT_PREFIX,
+    PREDICTED_CLASS,
+    PREDICTED_VALUE,
+    join_labels,
+    parse_lines,
+    prediction_columns,
+    window_columns,
+)
+
+
+@dataclass(frozen=True)
+class MonitorConfig:
+    """Settings of the monitor (the ``monitoring:`` section of the pipeline YAML).
+
+    Attributes:
+        model_name: the served model (default: ``serving.model_name`` or ``name`` of the pipeline YAML).
+        drift: thresholds and the dataset rule.
+        schedule: for the ``drift_monitor`` DAG (cron or preset).
+        performance_tolerance: relative metric degradation allowed before ``performance.degraded``.
+        min_labels: labelled rows needed before performance is evaluated.
+        cooldown: minimal time between two triggered retrainings.
+        max_retrains_per_day: at most this many triggers in any 24 hours.
+        min_new_labels: labelled rows needed since the last retraining to trigger another.
+        report: write the HTML report; mlflow: log the monitor run to MLflow.
+    """
+
+    model_name: str = ""
+    drift: DriftConfig = field(default_factory=DriftConfig)
+    schedule: str = "@hourly"
+    performance_tolerance: float = 0.05
+    min_labels: int = 50
+    cooldown: timedelta = timedelta(hours=6)
+    max_retrains_per_day: int = 2
+    min_new_labels: int = 100
+    report: bool = True
+    mlflow: bool = True
+
+    @classmethod
+    def from_mapping(cls, raw: Mapping | None, model_name: str = "") -> MonitorConfig:
+        raw = dict(raw or {})
+        perf = dict(raw.pop("performance", None) or {})
+        retrain = dict(raw.pop("retraining", None) or {})
+        known = {"model_name", "drift", "schedule", "report", "mlflow"}
+        unknown = (set(raw) - known) | (set(perf) - {"tolerance", "min_labels"}) | (
+            set(retrain) - {"cooldown_hours", "max_per_day", "min_new_labels"})
+        if unknown:
+            raise ValueError(f"unknown monitoring settings {sorted(unknown)}")
+        return cls(
+            model_name=str(raw.get("model_name") or model_name),
+            drift=DriftConfig.from_dict(raw.get("drift")),
+            schedule=str(raw.get("schedule", "@hourly")),
+            performance_tolerance=float(perf.get("tolerance", 0.05)),
+            min_labels=int(perf.get("min_labels", 50)),
+            cooldown=timedelta(hours=float(retrain.get("cooldown_hours", 6))),
+            max_retrains_per_day=int(retrain.get("max_per_day", 2)),
+            min_new_labels=int(retrain.get("min_new_labels", 100)),
+            report=bool(raw.get("report", True)),
+            mlflow=bool(raw.get("mlflow", True)),
+        )
+
+    @classmethod
+    def from_yaml(cls, path: Path) -> MonitorConfig:
+        """The ``monitoring:`` section of a pipeline YAML; the model name defaults to its serving model name."""
+        import yaml
+
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+        name = (doc.get("serving") or {}).get("model_name") or doc.get("name") or ""
+        return cls.from_mapping(doc.get("monitoring"), model_name=name)
+
+
+def read_lineage(path: Path) -> dict:
+    """The lineage file of an exported model version (docs/contracts.md)."""
+    lineage = json.loads(Path(path).read_text())
+    for key in ("model_name", "version", "task", "features"):
+        if key not in lineage:
+            raise KeyError(f"{path}: lineage lacks {key!r}")
+    return lineage
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """A CSV, Parquet or request-log JSONL file (by extension) as a DataFrame."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix in {".parquet", ".pq"}:
+        return pd.read_parquet(path)
+    if suffix in {".jsonl", ".ndjson"}:
+        with open(path, encoding="utf-8") as fh:
+            return parse_lines(fh)
+    if suffix in {".csv", ".txt", ".gz"}:
+        return pd.read_csv(path)
+    raise ValueError(f"{path}: unknown table format {suffix!r} (csv, parquet or jsonl)")
+
+
+def _resolve(path: str | None, base: Path) -> Path | None:
+    if not path:
+        return None
+    p = Path(path)
+    return p if p.is_absolute() else (base / p)
+
+
+def reference_source(lineage: Mapping, lineage_path: Path) -> Path:
+    """The table the model was trained on: the training split, else the dataset snapshot."""
+    base = Path(lineage_path).parent
+    for candidate in (lineage.get("train_split"), (lineage.get("dataset") or {}).get("snapshot")):
+        p = _resolve(candidate, base)
+        if p is not None and p.exists():
+            return p
+    raise FileNotFoundError(f"{lineage_path}: neither train_split nor dataset.snapshot exists")
+
+
+def lineage_features(lineage: Mapping, with_predictions: bool) -> FeatureTypes:
+    feats = lineage.get("features") or {}
+    pred_num: tuple[str, ...] = ()
+    pred_cat: tuple[str, ...] = ()
+    if with_predictions:
+        if lineage.get("task") == "classification":
+            pred_cat = (PREDICTED_CLASS,)
+            pred_num = tuple(f"prediction.proba.{c}" for c in lineage.get("class_names") or ())
+        else:
+            pred_num = (PREDICTED_VALUE,)
+    return FeatureTypes(tuple(feats.get("numeric") or ()), tuple(feats.get("categorical") or ()), pred_num, pred_cat)
+
+
+def saved_model_predictions(model_dir: Path, lineage: Mapping) -> Callable[[pd.DataFrame], pd.DataFrame]:
+    """A function running the exported model's ``serving_default`` on a frame, returning its outputs as
+    ``output.<name>`` columns (the request-log layout). TensorFlow is imported only when it is called."""
+
+    def predict(frame: pd.DataFrame, batch: int = 8192) -> pd.DataFrame:
+        import numpy as np
+        import tensorflow as tf
+
+        fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+        feats = lineage["features"]
+        outputs: dict[str, list] = {}
+        for start in range(0, len(frame), batch):
+            part = frame.iloc[start:start + batch]
+            inputs = {c: tf.constant(pd.to_numeric(part[c], errors="coerce").to_numpy(np.float32))
+                      for c in feats.get("numeric") or ()}
+            inputs.update({c: tf.constant(part[c].fillna("").astype(str).to_numpy(dtype=object))
+                           for c in feats.get("categorical") or ()})
+            for name, value in fn(**inputs).items():
+                if name == "classes":
+                    continue
+                outputs.setdefault(OUTPUT_PREFIX + name, []).extend(value.numpy().tolist())
+        return pd.DataFrame(outputs, index=frame.index)
+
+    return predict
+
+
+def load_reference_stats(lineage: Mapping, lineage_path: Path, *, cache_dir: Path | None = None,
+                         predict: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> tuple[ReferenceStats, bool]:
+    """The reference statistics of the model version of ``lineage``: cached, or built from its training split.
+
+    Prediction columns are included when ``predict`` (reference frame -> ``output.*`` columns) is given and works;
+    a failure there leaves prediction drift out (``meta["predictions_error"]``), never the feature drift.
+    """
+    source = reference_source(lineage, lineage_path)
+    digest = (lineage.get("dataset") or {}).get("digest") or ""
+    expect = {"model_name": lineage["model_name"], "version": lineage["version"], "dataset_digest": digest,
+              "reference_source": str(source), "with_predictions": predict is not None}
+    directory = cache_dir or reference_cache_dir(lineage["model_name"], lineage["version"])
+
+    def build() -> ReferenceStats:
+        frame = read_table(source)
+        meta = dict(expect)
+        features = lineage_features(lineage, with_predictions=False)
+        if predict is not None:
+            try:
+                outputs = predict(frame)
+                frame = pd.concat([frame, prediction_columns(outputs, lineage["task"],
+                                                             lineage.get("class_names") or ())], axis=1)
+                features = lineage_features(lineage, with_predictions=True)
+            except Exception as exc:  # noqa: BLE001 - predictions are optional; the reason is kept
+                meta["predictions_error"] = f"{type(exc).__name__}: {exc}"[:500]
+        return build_reference(frame, features, meta=meta)
+
+    return load_or_build_reference(directory, build, expect)
+
+
+def run_monitor(config: MonitorConfig, current: pd.DataFrame | str | Path, reference_meta_path: str | Path, *,
+                labels: pd.DataFrame | None = None, window_start: datetime | None = None,
+                window_end: datetime | None = None, cache_dir: Path | None = None,
+                predict_reference: Callable[[pd.DataFrame], pd.DataFrame] | None | bool = None,
+                report_dir: Path | None = None, log_mlflow: bool | None = None,
+                tracking_uri: str | None = None, run_tags: Mapping[str, str] | None = None) -> DriftResult:
+    """Analyse one window against the model version that served it.
+
+    Args:
+        config: the monitoring settings.
+        current: the window: a DataFrame (e.g. from ``request_log.read_request_log``) or a CSV/Parquet/JSONL path.
+        reference_meta_path: the lineage file ``.../serving/<model>/<version>/assets.extra/pipeline_metadata.json``.
+        labels: late labels (``request_id`` [, ``row``], label column named as in the lineage) to join.
+        window_start, window_end: the window's bounds, for the result, the report and the MLflow run.
+        cache_dir: reference-statistics cache (default ``PIPELINE_HOME/monitoring/reference/<model>/<version>``).
+        predict_reference: computes the model's outputs on the reference (for prediction drift); ``None`` uses
+            the SavedModel next to the lineage file when the window carries outputs, ``False`` disables.
+        report_dir: where to write the HTML report (default: no report).
+        log_mlflow: log the monitor run (default ``config.mlflow``; needs ``window_end``).
+        tracking_uri: MLflow store (default ``paths.mlflow_tracking_uri()``).
+        run_tags: more MLflow run tags (Airflow dag/run ids).
+    Returns:
+        The drift result with ``performance`` filled when labels are present; ``retraining_triggered`` is False
+        (the caller decides with ``guards.should_retrain`` and ``DriftResult.with_retraining``).
+    """
+    lineage_path = Path(reference_meta_path)
+    lineage = read_lineage(lineage_path)
+    window = read_table(Path(current)) if isinstance(current, (str, Path)) else current
+    task, class_names = lineage["task"], lineage.get("class_names") or ()
+    label = lineage.get("label") or "label"
+
+    outputs = prediction_columns(window, task, class_names)
+    if len(outputs.columns):
+        window = pd.concat([window.drop(columns=[c for c in outputs.columns if c in window.columns]), outputs],
+                           axis=1)
+    if predict_reference is None and len(outputs.columns):
+        model_dir = lineage_path.parent.parent
+        predict_reference = saved_model_predictions(model_dir, lineage) if (model_dir / "saved_model.pb").exists() \
+            else None
+    predict = predict_reference or None
+    stats, from_cache = load_reference_stats(lineage, lineage_path, cache_dir=cache_dir, predict=predict)
+
+    if labels is not None and len(window):
+        window = join_labels(window, labels, label)
+    meta = {"model_name": lineage["model_name"], "model_version": lineage["version"],
+            "reference_from_cache": from_cache, "reference_source": stats.meta.get("reference_source"),
+            "window_start": window_start.isoformat() if window_start else None,
+            "window_end": window_end.isoformat() if window_end else None}
+    if stats.meta.get("predictions_error"):
+        meta["predictions_error"] = stats.meta["predictions_error"]
+    ignore = [*window_columns(window), label]
+    result = analyse_drift(stats, window, config.drift, ignore_columns=ignore, meta=meta)
+    if label in window.columns and len(window):
+        prediction = PREDICTED_CLASS if task == "classification" else PREDICTED_VALUE
+        result.performance = evaluate_performance(window, task, label=label, prediction=prediction,
+                                                  class_names=class_names, baseline=lineage.get("metrics") or {},
+                                                  tolerance=config.performance_tolerance,
+                                                  min_labels=config.min_labels)
+
+    if report_dir is not None and config.report:
+        from pipeline.monitoring.report import write_report
+
+        write_report(result, stats, window, Path(report_dir))
+    if (config.mlflow if log_mlflow is None else log_mlflow) and window_end is not None:
+        from pipeline.monitoring.report import log_monitor_run
+
+        run_id = log_monitor_run(result, report_dir, model_name=lineage["model_name"], window_end=window_end,
+                                 window_start=window_start, tracking_uri=tracking_uri, tags=run_tags)
+        result.meta["mlflow_run_id"] = run_id
+    return result
