@@ -187,10 +187,7 @@ def decode_b64(val: Any) -> bytes:
     try:
         return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
-        try:
-            return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-        except (binascii.Error, ValueError):
-            raise invalid("Unable to base64 decode") from None
+        raise invalid("Unable to base64 decode") from None
 
 
 def _converter(dtype: int):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import re
 
 
 class Code(enum.IntEnum):
@@ -71,9 +72,19 @@ def from_exception(exc: BaseException) -> ServingError:
     code = getattr(exc, "error_code", None)  # tf.errors.OpError
     if code is not None:
         try:
-            return ServingError(Code(int(code)), getattr(exc, "message", str(exc)))
+            return ServingError(Code(int(code)), _session_message(getattr(exc, "message", str(exc))))
         except ValueError:
             pass
     if isinstance(exc, (TypeError, ValueError)):
         return ServingError(Code.INVALID_ARGUMENT, str(exc))
     return ServingError(Code.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+_EAGER_PREFIX = re.compile(r"^Graph execution error:\s*(?:Detected at node .*?\n(?:.*?\n)*?<stack traces unavailable>\n)?",
+                           re.DOTALL)
+_EAGER_SUFFIX = re.compile(r"\s*\[Op:[^\]]*\]\s*$")
+
+
+def _session_message(message: str) -> str:
+    """An eager op error's message as a Session run reports it (no Python call-site preamble)."""
+    return _EAGER_SUFFIX.sub("", _EAGER_PREFIX.sub("", message))
