@@ -12,6 +12,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("pipeline.commands.train", "main", "run the training_pipeline DAG through Airflow"),
     "serve": ("pipeline.serving.__main__", "main", "TensorFlow Serving-compatible model server"),
+    "monitor": ("pipeline.commands.monitor", "main", "drift of served traffic against the training data"),
 }
 
 

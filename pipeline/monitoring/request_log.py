@@ -104,7 +104,7 @@ def prediction_columns(frame: pd.DataFrame, task: str, class_names: Sequence[str
     """
     out = pd.DataFrame(index=frame.index)
     if task == "classification" and OUTPUT_PREFIX + "probabilities" in frame:
-        proba = _matrix(frame[OUTPUT_PREFIX + "probabilities"])
+        proba = _matrix(frame[OUTPUT_PREFIX + "probabilities"], len(class_names))
         names = list(class_names) or [str(i) for i in range(proba.shape[1])]
         if proba.shape[1] != len(names):
             raise ValueError(f"{proba.shape[1]} probabilities per row but {len(names)} class names")
@@ -119,9 +119,10 @@ def prediction_columns(frame: pd.DataFrame, task: str, class_names: Sequence[str
     return out
 
 
-def _matrix(column: pd.Series) -> np.ndarray:
+def _matrix(column: pd.Series, default_width: int = 0) -> np.ndarray:
+    """Rows of equal-length lists as a float matrix; a row of another length (or none) is all NaN."""
     rows = [r if isinstance(r, (list, tuple, np.ndarray)) else () for r in column.tolist()]
-    width = max((len(r) for r in rows), default=0)
+    width = max((len(r) for r in rows), default=0) or default_width
     out = np.full((len(rows), width), np.nan)
     for i, r in enumerate(rows):
         if len(r) == width:

@@ -94,3 +94,44 @@ def test_monitor_config_from_yaml(tmp_path):
     path.write_text("monitoring: {drfit: {}}\n")
     with pytest.raises(ValueError, match="unknown monitoring settings"):
         MonitorConfig.from_yaml(path)
+
+
+def test_cli_monitor_json_on_a_file_and_on_the_request_log(tmp_path, lineage_path, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PIPELINE_SERVING_BASE", str(tmp_path / "serving"))
+    current = tmp_path / "current.parquet"
+    _penguins(800, seed=7, shift=5.0).drop(columns=["species"]).to_parquet(current)
+    assert main(["monitor", "--model-name", "penguins", "--current", str(current), "--json", "--no-mlflow"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["features"]["bill_length_mm"]["drift"] and doc["retraining_triggered"] is False
+    assert doc["meta"]["model_version"] == 3
+
+    now = datetime.now(timezone.utc) - pd.Timedelta(minutes=5)
+    log_dir = tmp_path / "home" / "request_logs" / "penguins" / now.strftime("%Y-%m-%d")
+    log_dir.mkdir(parents=True)
+    rows = _penguins(300, seed=8)
+    lines = [json.dumps({"request_id": f"r{i}", "row": 0, "ts": now.isoformat(), "model_name": "penguins",
+                         "model_version": 3, "features": {"bill_length_mm": b, "island": s},
+                         "outputs": {"probabilities": [0.5, 0.5]}})
+             for i, (b, s) in enumerate(zip(rows["bill_length_mm"], rows["island"]))]
+    (log_dir / f"{now:%H}-1.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["monitor", "--model-name", "penguins", "--json", "--no-mlflow"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["n_current"] == 300 and not doc["dataset_drift"] and doc["new_columns"] == []
+    assert (tmp_path / "home" / "monitoring" / "state" / "penguins.json").exists()
+    # the next run starts where this one ended: nothing new, skipped
+    assert main(["monitor", "--model-name", "penguins", "--json", "--no-mlflow"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] is True
+
+
+def test_cli_monitor_bad_input(tmp_path, monkeypatch, capsys):
+    from pipeline.cli import main
+
+    monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PIPELINE_SERVING_BASE", str(tmp_path / "serving"))
+    assert main(["monitor", "--model-name", "nope", "--current", str(tmp_path / "missing.csv")]) == 2
+    (tmp_path / "c.csv").write_text("x\n1\n")
+    assert main(["monitor", "--model-name", "nope", "--current", str(tmp_path / "c.csv")]) == 2
+    assert "no exported version" in capsys.readouterr().err

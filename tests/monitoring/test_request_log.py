@@ -109,3 +109,9 @@ def test_join_labels_per_request_and_missing_columns():
     assert joined["label"].isna().tolist() == [True, False]
     with pytest.raises(KeyError, match="labels lack"):
         join_labels(window, pd.DataFrame({"id": ["b"], "label": [1]}))
+
+
+def test_prediction_columns_of_an_empty_window():
+    empty = pd.DataFrame({"output.probabilities": pd.Series([], dtype=object)})
+    pred = prediction_columns(empty, "classification", ["a", "b"])
+    assert len(pred) == 0 and list(pred.columns) == ["prediction.class", "prediction.proba.a", "prediction.proba.b"]

@@ -1,0 +1,115 @@
+"""``pipeline monitor``: analyse drift of served traffic against the serving model's training data.
+
+    pipeline monitor [--config FILE] [--current PATH] [--model-name NAME] [--json]
+
+For now this runs the analysis directly (``pipeline.monitoring.monitor.run_monitor``); the ``drift_monitor``
+DAG will run the same function through Airflow. The window is ``--current`` (CSV, Parquet or request-log
+JSONL), else the request log since the last monitor run of this model (at most ``--lookback-hours`` back).
+The reference is the model version that served most of the window (``--model-version`` to choose), found
+through its lineage file in the serving directory. Exit status 0 whether or not there is drift; 2 on bad input.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+from pipeline import paths
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="pipeline monitor", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--config", type=Path, help="pipeline YAML with a monitoring: section (default conf/penguins.yaml)")
+    ap.add_argument("--current", type=Path, help="the window as CSV, Parquet or JSONL (default: the request log)")
+    ap.add_argument("--model-name", help="served model (default: the config's serving.model_name)")
+    ap.add_argument("--model-version", type=int, help="reference model version (default: the one that served)")
+    ap.add_argument("--labels", type=Path, help="late labels (CSV/Parquet: request_id[, row], <label>)")
+    ap.add_argument("--lookback-hours", type=float, default=24.0, help="window start when no monitor ran before")
+    ap.add_argument("--report-dir", type=Path, help="write the HTML report here")
+    ap.add_argument("--no-mlflow", action="store_true", help="do not log the monitor run to MLflow")
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    return ap
+
+
+def _state_file(model_name: str) -> Path:
+    return paths.pipeline_home() / "monitoring" / "state" / f"{paths.safe_key(model_name)}.json"
+
+
+def _versions(model_name: str) -> list[int]:
+    base = paths.serving_base() / model_name
+    return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) if base.is_dir() else []
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from pipeline.monitoring.monitor import MonitorConfig, read_table, run_monitor
+    from pipeline.monitoring.request_log import read_request_log
+
+    default_conf = paths.REPO_ROOT / "conf" / "penguins.yaml"
+    config_path = args.config or (default_conf if default_conf.exists() else None)
+    config = MonitorConfig.from_yaml(config_path) if config_path else MonitorConfig()
+    model_name = args.model_name or config.model_name
+    if not model_name:
+        print("pipeline monitor: no model name (--model-name or serving.model_name in --config)", file=sys.stderr)
+        return 2
+
+    now = datetime.now(timezone.utc)
+    state = _state_file(model_name)
+    window_start = window_end = None
+    if args.current is not None:
+        if not args.current.exists():
+            print(f"pipeline monitor: {args.current} does not exist", file=sys.stderr)
+            return 2
+        window = read_table(args.current)
+    else:
+        last = json.loads(state.read_text())["window_end"] if state.exists() else None
+        window_start = datetime.fromisoformat(last) if last else now - timedelta(hours=args.lookback_hours)
+        window_end = now
+        window = read_request_log(model_name, window_start, window_end)
+
+    version = args.model_version
+    if version is None and "model_version" in window.columns and window["model_version"].notna().any():
+        version = int(window["model_version"].mode().iloc[0])
+    if version is None:
+        available = _versions(model_name)
+        version = available[-1] if available else None
+    if version is None:
+        print(f"pipeline monitor: no exported version of {model_name!r} under {paths.serving_base()}", file=sys.stderr)
+        return 2
+    if "model_version" in window.columns and args.current is None:
+        window = window[window["model_version"] == version]
+    lineage = paths.serving_base() / model_name / str(version) / "assets.extra" / "pipeline_metadata.json"
+    if not lineage.exists():
+        print(f"pipeline monitor: lineage file {lineage} not found", file=sys.stderr)
+        return 2
+
+    labels = read_table(args.labels) if args.labels else None
+    result = run_monitor(config, window, lineage, labels=labels, window_start=window_start,
+                         window_end=window_end or now, report_dir=args.report_dir,
+                         log_mlflow=False if args.no_mlflow else None)
+    if args.current is None and not result.skipped:
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_text(json.dumps({"window_end": window_end.isoformat()}))
+
+    if args.json:
+        print(result.to_json())
+        return 0
+    print(f"{model_name} v{version}: {result.n_current:,} rows - {result.drift_reason}")
+    for name, f in {**result.features, **result.predictions}.items():
+        h = f.headline
+        effect = "-" if h.effect_size is None else f"{h.effect_size:.3f}"
+        print(f"  {'DRIFT' if f.drift else 'ok   '} {name:<28} {h.test:<15} effect {effect:>7} (>= {h.threshold:g})")
+    if result.new_columns:
+        print(f"  new columns (not monitored): {', '.join(result.new_columns)}")
+    if result.performance and result.performance.get("evaluated"):
+        print(f"  performance on {result.performance['n_labelled']} labelled rows: {result.performance['metrics']}"
+              f" vs baseline {result.performance['baseline']}")
+    if args.report_dir:
+        print(f"  report: {args.report_dir / 'report.html'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
