@@ -77,19 +77,21 @@ class ServerProcess:
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int | None:
         """Signal our process group; escalate to SIGKILL (of our group only) if it does not exit."""
-        if self._channel is not None:
-            self._channel.close()
-            self._channel = None
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
         try:
-            os.killpg(self.proc.pid, sig)
-            return self.proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            return self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            return self.proc.wait(timeout=10)
+            if self.proc is None or self.proc.poll() is not None:
+                return self.proc.returncode if self.proc else None
+            try:
+                os.killpg(self.proc.pid, sig)
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                return self.proc.wait(timeout=10)
+            except ProcessLookupError:
+                return self.proc.wait(timeout=10)
+        finally:
+            if self._channel is not None:  # after the process is gone: in-flight calls keep their channel
+                self._channel.close()
+                self._channel = None
 
     # ------------------------------------------------------------------------------------------ REST
     def get(self, path: str) -> requests.Response:

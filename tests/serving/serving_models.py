@@ -154,5 +154,41 @@ def build_templates(root: Path) -> dict[str, Path]:
         "half_plus_two_1": write_half_plus_two(root / "half_plus_two_1", 1, warmup=3),
         "half_plus_two_2": write_half_plus_two(root / "half_plus_two_2", 2),
         "examples_1": write_examples_model(root / "examples_1"),
+        "slow_1": write_slow(root / "slow_1"),
+        "bad_warmup": write_bad_warmup(root / "bad_warmup"),
     }
     return templates
+
+
+def write_slow(path: Path) -> Path:
+    """``y = x`` after ``x[0]`` rounds of a 256x256 matmul: a request that stays in flight for a while."""
+    import tensorflow as tf
+
+    class Slow(tf.Module):
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.float32, name="x")])
+        def serve(self, x):
+            m = tf.eye(256) * 0.5
+
+            def body(i, acc):
+                return i + 1, tf.matmul(acc, m) + tf.eye(256)
+            _, acc = tf.while_loop(lambda i, acc: i < tf.cast(x[0], tf.int32), body, (tf.constant(0), m))
+            return {"y": x + 0.0 * tf.reduce_sum(acc)}
+
+    module = Slow()
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    return path
+
+
+def write_bad_warmup(path: Path) -> Path:
+    """A valid model whose warmup requests name an input it does not have: it must never take traffic."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    write_half_plus_two(path, 1)
+    (path / "assets.extra").mkdir(exist_ok=True)
+    with tf.io.TFRecordWriter(str(path / "assets.extra" / "tf_serving_warmup_requests")) as writer:
+        request = predict_pb2.PredictRequest()
+        request.inputs["nope"].CopyFrom(tf.make_tensor_proto([1.0], tf.float32))
+        log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+        writer.write(log.SerializeToString())
+    return path
