@@ -42,8 +42,16 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _values(array: np.ndarray) -> Any:
+    """A tensor as nested Python values; float32 numbers as their shortest repr (39.1, not 39.09999847)."""
+    if array.dtype == np.float32:
+        flat = [float(str(v)) for v in array.reshape(-1)]
+        return _plain(np.asarray(flat, dtype=np.float64).reshape(array.shape).tolist())
+    return _plain(array.tolist())
+
+
 def _row(array: np.ndarray, index: int) -> Any:
-    return _plain(array[index].tolist() if array.ndim > 1 else array[index].item())
+    return _values(array[index : index + 1].reshape(array.shape[1:]))
 
 
 class RequestLog:
@@ -92,8 +100,8 @@ class RequestLog:
             lines.append(json.dumps({
                 "request_id": request_id, "row": 0, "ts": ts, "model_name": model_name,
                 "model_version": version, "signature_name": signature_name, "api": api,
-                "features": {k: _plain(v.tolist()) for k, v in features.items()},
-                "outputs": {k: _plain(v.tolist()) for k, v in outputs.items()},
+                "features": {k: _values(v) for k, v in features.items()},
+                "outputs": {k: _values(v) for k, v in outputs.items()},
             }, ensure_ascii=False, allow_nan=False))
         return path, lines
 
