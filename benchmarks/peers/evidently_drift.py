@@ -7,6 +7,7 @@
 "threshold"}}, "dataset_drift"}``. ``seconds`` times ``Report.run`` plus ``Snapshot.dict`` on frames already in
 memory, the same span that benchmarks/drift.py times for our analysis. Evidently's defaults are kept.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,9 +17,9 @@ import time
 
 os.environ.setdefault("DO_NOT_TRACK", "1")  # no telemetry from a benchmark
 
-import pandas as pd  # noqa: E402
-from evidently import DataDefinition, Dataset, Report  # noqa: E402
-from evidently.presets import DataDriftPreset  # noqa: E402
+import pandas as pd
+from evidently import DataDefinition, Dataset, Report
+from evidently.presets import DataDriftPreset
 
 
 def column_decisions(snapshot: dict) -> tuple[dict, bool]:
@@ -29,7 +30,12 @@ def column_decisions(snapshot: dict) -> tuple[dict, bool]:
         if cfg.get("type", "").endswith("ValueDrift"):
             method, score, threshold = cfg["method"], float(m["value"]), float(cfg["threshold"])
             drift = score < threshold if "p_value" in method else score >= threshold
-            columns[cfg["column"]] = {"drift": drift, "method": method, "score": score, "threshold": threshold}
+            columns[cfg["column"]] = {
+                "drift": drift,
+                "method": method,
+                "score": score,
+                "threshold": threshold,
+            }
         elif cfg.get("type", "").endswith("DriftedColumnsCount"):
             dataset = float(m["value"]["share"]) >= float(cfg.get("drift_share", 0.5))
     return columns, dataset
@@ -42,13 +48,20 @@ def run_job(job: dict) -> dict:
     read_seconds = time.perf_counter() - t0
     definition = DataDefinition(numerical_columns=job["numeric"], categorical_columns=job["categorical"])
     t0 = time.perf_counter()
-    snapshot = Report([DataDriftPreset()]).run(Dataset.from_pandas(current, data_definition=definition),
-                                               Dataset.from_pandas(reference, data_definition=definition))
+    snapshot = Report([DataDriftPreset()]).run(
+        Dataset.from_pandas(current, data_definition=definition),
+        Dataset.from_pandas(reference, data_definition=definition),
+    )
     doc = snapshot.dict()
     seconds = time.perf_counter() - t0
     columns, dataset = column_decisions(doc)
-    return {"name": job["name"], "seconds": seconds, "read_seconds": read_seconds, "columns": columns,
-            "dataset_drift": dataset}
+    return {
+        "name": job["name"],
+        "seconds": seconds,
+        "read_seconds": read_seconds,
+        "columns": columns,
+        "dataset_drift": dataset,
+    }
 
 
 def main(argv: list[str]) -> int:

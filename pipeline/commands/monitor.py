@@ -8,12 +8,13 @@ JSONL), else the request log since the last monitor run of this model (at most `
 The reference is the model version that served most of the window (``--model-version`` to choose), found
 through its lineage file in the serving directory. Exit status 0 whether or not there is drift; 2 on bad input.
 """
+
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pipeline import paths
@@ -21,12 +22,20 @@ from pipeline import paths
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="pipeline monitor", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", type=Path, help="pipeline YAML with a monitoring: section (default conf/penguins.yaml)")
-    ap.add_argument("--current", type=Path, help="the window as CSV, Parquet or JSONL (default: the request log)")
+    ap.add_argument(
+        "--config", type=Path, help="pipeline YAML with a monitoring: section (default conf/penguins.yaml)"
+    )
+    ap.add_argument(
+        "--current", type=Path, help="the window as CSV, Parquet or JSONL (default: the request log)"
+    )
     ap.add_argument("--model-name", help="served model (default: the config's serving.model_name)")
-    ap.add_argument("--model-version", type=int, help="reference model version (default: the one that served)")
+    ap.add_argument(
+        "--model-version", type=int, help="reference model version (default: the one that served)"
+    )
     ap.add_argument("--labels", type=Path, help="late labels (CSV/Parquet: request_id[, row], <label>)")
-    ap.add_argument("--lookback-hours", type=float, default=24.0, help="window start when no monitor ran before")
+    ap.add_argument(
+        "--lookback-hours", type=float, default=24.0, help="window start when no monitor ran before"
+    )
     ap.add_argument("--report-dir", type=Path, help="write the HTML report here")
     ap.add_argument("--no-mlflow", action="store_true", help="do not log the monitor run to MLflow")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
@@ -52,10 +61,13 @@ def main(argv: list[str] | None = None) -> int:
     config = MonitorConfig.from_yaml(config_path) if config_path else MonitorConfig()
     model_name = args.model_name or config.model_name
     if not model_name:
-        print("pipeline monitor: no model name (--model-name or serving.model_name in --config)", file=sys.stderr)
+        print(
+            "pipeline monitor: no model name (--model-name or serving.model_name in --config)",
+            file=sys.stderr,
+        )
         return 2
 
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     state = _state_file(model_name)
     window_start = window_end = None
     if args.current is not None:
@@ -76,7 +88,10 @@ def main(argv: list[str] | None = None) -> int:
         available = _versions(model_name)
         version = available[-1] if available else None
     if version is None:
-        print(f"pipeline monitor: no exported version of {model_name!r} under {paths.serving_base()}", file=sys.stderr)
+        print(
+            f"pipeline monitor: no exported version of {model_name!r} under {paths.serving_base()}",
+            file=sys.stderr,
+        )
         return 2
     if "model_version" in window.columns and args.current is None:
         window = window[window["model_version"] == version]
@@ -86,9 +101,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     labels = read_table(args.labels) if args.labels else None
-    result = run_monitor(config, window, lineage, labels=labels, window_start=window_start,
-                         window_end=window_end or now, report_dir=args.report_dir,
-                         log_mlflow=False if args.no_mlflow else None)
+    result = run_monitor(
+        config,
+        window,
+        lineage,
+        labels=labels,
+        window_start=window_start,
+        window_end=window_end or now,
+        report_dir=args.report_dir,
+        log_mlflow=False if args.no_mlflow else None,
+    )
     if args.current is None and not result.skipped:
         state.parent.mkdir(parents=True, exist_ok=True)
         state.write_text(json.dumps({"window_end": window_end.isoformat()}))
@@ -100,12 +122,16 @@ def main(argv: list[str] | None = None) -> int:
     for name, f in {**result.features, **result.predictions}.items():
         h = f.headline
         effect = "-" if h.effect_size is None else f"{h.effect_size:.3f}"
-        print(f"  {'DRIFT' if f.drift else 'ok   '} {name:<28} {h.test:<15} effect {effect:>7} (>= {h.threshold:g})")
+        print(
+            f"  {'DRIFT' if f.drift else 'ok   '} {name:<28} {h.test:<15} effect {effect:>7} (>= {h.threshold:g})"
+        )
     if result.new_columns:
         print(f"  new columns (not monitored): {', '.join(result.new_columns)}")
     if result.performance and result.performance.get("evaluated"):
-        print(f"  performance on {result.performance['n_labelled']} labelled rows: {result.performance['metrics']}"
-              f" vs baseline {result.performance['baseline']}")
+        print(
+            f"  performance on {result.performance['n_labelled']} labelled rows: {result.performance['metrics']}"
+            f" vs baseline {result.performance['baseline']}"
+        )
     if args.report_dir:
         print(f"  report: {args.report_dir / 'report.html'}")
     return 0

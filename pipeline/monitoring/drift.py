@@ -21,6 +21,7 @@ drift (significant, too small) and eight rows are not evidence (large, not signi
 ``key_features`` column drifts. Model outputs (prediction columns) are tested the same way, corrected as their
 own family, and reported apart (``prediction_drift``).
 """
+
 from __future__ import annotations
 
 import json
@@ -97,7 +98,9 @@ class DriftConfig:
 # Statistics with known answers (unit-tested one by one).
 
 
-def ks_wasserstein(ref_values: np.ndarray, ref_cdf: np.ndarray, current_sorted: np.ndarray) -> tuple[float, float]:
+def ks_wasserstein(
+    ref_values: np.ndarray, ref_cdf: np.ndarray, current_sorted: np.ndarray
+) -> tuple[float, float]:
     """Kolmogorov-Smirnov distance and Wasserstein-1 distance between a reference given by its support and CDF
     and the empirical distribution of ``current_sorted`` (ascending, finite, non-empty).
 
@@ -169,7 +172,9 @@ def chi_square(ref_counts: np.ndarray, cur_counts: np.ndarray) -> tuple[float, f
     return stat, float(stats.chi2.sf(stat, table.shape[1] - 1))
 
 
-def missing_rate_test(ref_missing: int, ref_rows: int, cur_missing: int, cur_rows: int) -> tuple[float, float]:
+def missing_rate_test(
+    ref_missing: int, ref_rows: int, cur_missing: int, cur_rows: int
+) -> tuple[float, float]:
     """Fisher's exact test of a change of the missing-value rate: ``(rate change, p_value)``.
 
     Exact rather than a z-test, which is wrong when one side has no missing value at all (the usual case).
@@ -230,8 +235,12 @@ class TestResult:
 
     def decide(self, p_adjusted: float | None, alpha: float) -> None:
         self.p_value_adjusted = p_adjusted
-        self.drift = (p_adjusted is not None and p_adjusted < alpha and self.effect_size is not None
-                      and self.effect_size >= self.threshold)
+        self.drift = (
+            p_adjusted is not None
+            and p_adjusted < alpha
+            and self.effect_size is not None
+            and self.effect_size >= self.threshold
+        )
 
 
 @dataclass
@@ -248,8 +257,11 @@ class ColumnDrift:
 
     @property
     def drift(self) -> bool:
-        return (self.status == "missing_column" or self.missing.drift
-                or (self.distribution is not None and self.distribution.drift))
+        return (
+            self.status == "missing_column"
+            or self.missing.drift
+            or (self.distribution is not None and self.distribution.drift)
+        )
 
     @property
     def headline(self) -> TestResult:
@@ -260,11 +272,19 @@ class ColumnDrift:
 
     def to_dict(self) -> dict:
         h = self.headline
-        out = {"drift": self.drift, "test": h.test, "statistic": _num(h.statistic, 0.0),
-               "p_value": _num(h.p_value), "effect_size": _num(h.effect_size), "threshold": float(h.threshold),
-               "p_value_adjusted": _num(h.p_value_adjusted), "kind": self.kind, "status": self.status,
-               "missing_rate": _test_dict(self.missing),
-               "distribution": _test_dict(self.distribution) if self.distribution else None}
+        out = {
+            "drift": self.drift,
+            "test": h.test,
+            "statistic": _num(h.statistic, 0.0),
+            "p_value": _num(h.p_value),
+            "effect_size": _num(h.effect_size),
+            "threshold": float(h.threshold),
+            "p_value_adjusted": _num(h.p_value_adjusted),
+            "kind": self.kind,
+            "status": self.status,
+            "missing_rate": _test_dict(self.missing),
+            "distribution": _test_dict(self.distribution) if self.distribution else None,
+        }
         out.update({k: _clean(v) for k, v in self.details.items()})
         return out
 
@@ -291,33 +311,49 @@ def _clean(v):
 
 
 def _test_dict(t: TestResult) -> dict:
-    return {"test": t.test, "statistic": _num(t.statistic, 0.0), "p_value": _num(t.p_value),
-            "p_value_adjusted": _num(t.p_value_adjusted), "effect_size": _num(t.effect_size),
-            "threshold": float(t.threshold), "drift": bool(t.drift)}
+    return {
+        "test": t.test,
+        "statistic": _num(t.statistic, 0.0),
+        "p_value": _num(t.p_value),
+        "p_value_adjusted": _num(t.p_value_adjusted),
+        "effect_size": _num(t.effect_size),
+        "threshold": float(t.threshold),
+        "drift": bool(t.drift),
+    }
 
 
-def _missing_result(ref_missing: int, ref_rows: int, cur_missing: int, cur_rows: int,
-                    config: DriftConfig) -> TestResult:
+def _missing_result(
+    ref_missing: int, ref_rows: int, cur_missing: int, cur_rows: int, config: DriftConfig
+) -> TestResult:
     change, p = missing_rate_test(ref_missing, ref_rows, cur_missing, cur_rows)
     return TestResult("missing_rate", change, p, abs(change), config.missing_threshold)
 
 
 def _rates(ref_missing: int, ref_rows: int, cur_missing: int, cur_rows: int) -> dict:
-    return {"reference_missing_rate": ref_missing / ref_rows if ref_rows else 0.0,
-            "current_missing_rate": cur_missing / cur_rows if cur_rows else 0.0}
+    return {
+        "reference_missing_rate": ref_missing / ref_rows if ref_rows else 0.0,
+        "current_missing_rate": cur_missing / cur_rows if cur_rows else 0.0,
+    }
 
 
-def compare_numeric(name: str, ref: NumericSketch, column: pd.Series | None, rows: int,
-                    config: DriftConfig) -> ColumnDrift:
+def compare_numeric(
+    name: str, ref: NumericSketch, column: pd.Series | None, rows: int, config: DriftConfig
+) -> ColumnDrift:
     """Missing rate, KS and normalised Wasserstein of one numeric column (``column=None``: absent)."""
     values, cur_missing = numeric_values(column, rows)
     missing = _missing_result(ref.missing, ref.rows, cur_missing, rows, config)
-    details = {"n_reference": ref.count, "n_current": int(values.size),
-               **_rates(ref.missing, ref.rows, cur_missing, rows), "reference_mean": ref.mean,
-               "reference_std": ref.std}
+    details = {
+        "n_reference": ref.count,
+        "n_current": int(values.size),
+        **_rates(ref.missing, ref.rows, cur_missing, rows),
+        "reference_mean": ref.mean,
+        "reference_std": ref.std,
+    }
     threshold = config.thresholds.get(name, config.numeric_threshold)
     if column is None:
-        return ColumnDrift(name, "numeric", "missing_column", _absent(ref.missing, ref.rows, config), None, details)
+        return ColumnDrift(
+            name, "numeric", "missing_column", _absent(ref.missing, ref.rows, config), None, details
+        )
     if values.size < config.min_rows or ref.count < config.min_rows:
         status = "all_missing" if values.size == 0 else "insufficient_data"
         return ColumnDrift(name, "numeric", status, missing, None, details)
@@ -326,29 +362,49 @@ def compare_numeric(name: str, ref: NumericSketch, column: pd.Series | None, row
     cur_std = float(current.std())
     effect = w1 / normalising_scale(ref, cur_std)
     dist = TestResult("ks", d, ks_p_value(d, ref.count, current.size), effect, threshold)
-    details.update({"effect_measure": "wasserstein_norm", "wasserstein": w1, "psi": numeric_psi(ref, current),
-                    "current_mean": float(current.mean()), "current_std": cur_std})
+    details.update(
+        {
+            "effect_measure": "wasserstein_norm",
+            "wasserstein": w1,
+            "psi": numeric_psi(ref, current),
+            "current_mean": float(current.mean()),
+            "current_std": cur_std,
+        }
+    )
     return ColumnDrift(name, "numeric", "ok", missing, dist, details)
 
 
-def compare_categorical(name: str, ref: CategoricalSketch, column: pd.Series | None, rows: int,
-                        config: DriftConfig, max_listed: int = 20) -> ColumnDrift:
+def compare_categorical(
+    name: str,
+    ref: CategoricalSketch,
+    column: pd.Series | None,
+    rows: int,
+    config: DriftConfig,
+    max_listed: int = 20,
+) -> ColumnDrift:
     """Missing rate, chi-square and Jensen-Shannon distance of one categorical column; names unseen categories."""
     counts, cur_missing = category_counts(column, rows)
     missing = _missing_result(ref.missing, ref.rows, cur_missing, rows, config)
     cur_n = sum(counts.values())
     pooled = OTHER_CATEGORY in ref.counts
     unseen = sorted((c for c in counts if c not in ref.counts), key=lambda c: (-counts[c], c))
-    vanished = sorted((c for c in ref.counts if c not in counts and c != OTHER_CATEGORY),
-                      key=lambda c: (-ref.counts[c], c))
-    details = {"n_reference": ref.count, "n_current": cur_n, **_rates(ref.missing, ref.rows, cur_missing, rows),
-               "unseen_categories": {c: counts[c] / cur_n for c in unseen[:max_listed]},
-               "unseen_share": sum(counts[c] for c in unseen) / cur_n if cur_n else 0.0,
-               "vanished_categories": vanished[:max_listed], "reference_pooled_rare_categories": pooled}
+    vanished = sorted(
+        (c for c in ref.counts if c not in counts and c != OTHER_CATEGORY), key=lambda c: (-ref.counts[c], c)
+    )
+    details = {
+        "n_reference": ref.count,
+        "n_current": cur_n,
+        **_rates(ref.missing, ref.rows, cur_missing, rows),
+        "unseen_categories": {c: counts[c] / cur_n for c in unseen[:max_listed]},
+        "unseen_share": sum(counts[c] for c in unseen) / cur_n if cur_n else 0.0,
+        "vanished_categories": vanished[:max_listed],
+        "reference_pooled_rare_categories": pooled,
+    }
     threshold = config.thresholds.get(name, config.categorical_threshold)
     if column is None:
-        return ColumnDrift(name, "categorical", "missing_column", _absent(ref.missing, ref.rows, config), None,
-                           details)
+        return ColumnDrift(
+            name, "categorical", "missing_column", _absent(ref.missing, ref.rows, config), None, details
+        )
     if cur_n < config.min_rows or ref.count < config.min_rows:
         status = "all_missing" if cur_n == 0 else "insufficient_data"
         return ColumnDrift(name, "categorical", status, missing, None, details)
@@ -357,14 +413,19 @@ def compare_categorical(name: str, ref: CategoricalSketch, column: pd.Series | N
     c = np.array([counts.get(k, 0) for k in cats], dtype=float)
     if pooled:  # current categories the reference pooled as "other" are compared with that pool
         other = cats.index(OTHER_CATEGORY)
-        c[other] += c[len(ref.counts):].sum()
+        c[other] += c[len(ref.counts) :].sum()
         cats, r, c = cats[: len(ref.counts)], r[: len(ref.counts)], c[: len(ref.counts)]
     stat, p = chi_square(r, c)
     dist = TestResult("chi2", stat, p, jensen_shannon_distance(r, c), threshold)
     share_change = c / c.sum() - r / r.sum()
     top = int(np.argmax(np.abs(share_change)))
-    details.update({"effect_measure": "jensen_shannon", "psi": psi(r / r.sum(), c / c.sum()),
-                    "max_share_change": {"category": cats[top], "change": float(share_change[top])}})
+    details.update(
+        {
+            "effect_measure": "jensen_shannon",
+            "psi": psi(r / r.sum(), c / c.sum()),
+            "max_share_change": {"category": cats[top], "change": float(share_change[top])},
+        }
+    )
     return ColumnDrift(name, "categorical", "ok", missing, dist, details)
 
 
@@ -376,8 +437,12 @@ def _absent(ref_missing: int, ref_rows: int, config: DriftConfig) -> TestResult:
 
 def _correct(columns: Sequence[ColumnDrift], config: DriftConfig) -> None:
     """Adjust all p-values of one family (missing-rate and distribution tests together) and decide each test."""
-    tests = [t for col in columns for t in (col.missing, col.distribution)
-             if t is not None and t.p_value is not None]
+    tests = [
+        t
+        for col in columns
+        for t in (col.missing, col.distribution)
+        if t is not None and t.p_value is not None
+    ]
     adjusted = adjust_p_values([t.p_value for t in tests], config.correction)
     for t, p in zip(tests, adjusted):
         t.decide(float(p), config.alpha)
@@ -462,8 +527,14 @@ class DriftResult:
         return json.dumps(self.to_dict(), allow_nan=False, **kwargs)
 
 
-def analyse_drift(reference: ReferenceStats, current: pd.DataFrame, config: DriftConfig | None = None, *,
-                  ignore_columns: Sequence[str] = (), meta: Mapping | None = None) -> DriftResult:
+def analyse_drift(
+    reference: ReferenceStats,
+    current: pd.DataFrame,
+    config: DriftConfig | None = None,
+    *,
+    ignore_columns: Sequence[str] = (),
+    meta: Mapping | None = None,
+) -> DriftResult:
     """Compare a current window with the reference statistics of the model that served it.
 
     Args:
@@ -481,13 +552,24 @@ def analyse_drift(reference: ReferenceStats, current: pd.DataFrame, config: Drif
     rows = len(current)
     known = set(reference.columns) | set(ignore_columns)
     new_columns = [str(c) for c in current.columns if c not in known]
-    base = {"n_reference": reference.rows, "n_current": rows, "new_columns": new_columns, "config": config,
-            "meta": dict(meta or {})}
+    base = {
+        "n_reference": reference.rows,
+        "n_current": rows,
+        "new_columns": new_columns,
+        "config": config,
+        "meta": dict(meta or {}),
+    }
     if rows == 0:
         return DriftResult(False, {}, {}, drift_reason="skipped: empty window (0 rows)", skipped=True, **base)
     if rows < config.min_rows:
-        return DriftResult(False, {}, {}, skipped=True, **base,
-                           drift_reason=f"skipped: {rows} rows in the window, fewer than min_rows={config.min_rows}")
+        return DriftResult(
+            False,
+            {},
+            {},
+            skipped=True,
+            **base,
+            drift_reason=f"skipped: {rows} rows in the window, fewer than min_rows={config.min_rows}",
+        )
 
     def compare(name: str) -> ColumnDrift:
         column = current[name] if name in current.columns else None
@@ -503,19 +585,29 @@ def analyse_drift(reference: ReferenceStats, current: pd.DataFrame, config: Drif
     share = len(drifted) / len(features) if features else 0.0
     keys = [c for c in config.key_features if c in drifted]
     dataset_drift = bool(features) and (share >= config.drift_share or bool(keys))
-    reason = (f"{len(drifted)} of {len(features)} features drifted ({share:.0%}, rule >= {config.drift_share:.0%})"
-              + (f"; key features drifted: {', '.join(keys)}" if keys else "")
-              + (f": {', '.join(drifted)}" if drifted and not keys else "")
-              + ("; dataset drift" if dataset_drift else "; no dataset drift"))
+    reason = (
+        f"{len(drifted)} of {len(features)} features drifted ({share:.0%}, rule >= {config.drift_share:.0%})"
+        + (f"; key features drifted: {', '.join(keys)}" if keys else "")
+        + (f": {', '.join(drifted)}" if drifted and not keys else "")
+        + ("; dataset drift" if dataset_drift else "; no dataset drift")
+    )
     return DriftResult(dataset_drift, features, predictions, drift_reason=reason, **base)
 
 
-def detect_drift(reference: pd.DataFrame, current: pd.DataFrame, numeric: Sequence[str] = (),
-                 categorical: Sequence[str] = (), config: DriftConfig | None = None, *,
-                 prediction_numeric: Sequence[str] = (), prediction_categorical: Sequence[str] = (),
-                 ignore_columns: Sequence[str] = ()) -> DriftResult:
+def detect_drift(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    numeric: Sequence[str] = (),
+    categorical: Sequence[str] = (),
+    config: DriftConfig | None = None,
+    *,
+    prediction_numeric: Sequence[str] = (),
+    prediction_categorical: Sequence[str] = (),
+    ignore_columns: Sequence[str] = (),
+) -> DriftResult:
     """``analyse_drift`` straight from two DataFrames (builds the reference statistics first; the monitor
     caches them instead)."""
-    features = FeatureTypes(tuple(numeric), tuple(categorical), tuple(prediction_numeric),
-                            tuple(prediction_categorical))
+    features = FeatureTypes(
+        tuple(numeric), tuple(categorical), tuple(prediction_numeric), tuple(prediction_categorical)
+    )
     return analyse_drift(build_reference(reference, features), current, config, ignore_columns=ignore_columns)

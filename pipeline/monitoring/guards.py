@@ -6,18 +6,27 @@ in the 24 hours before ``now``, and at least ``min_new_labels`` labelled rows ar
 new model needs new data to learn the drifted distribution from). Together they keep persisting drift from
 causing a retraining storm.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 
 def _utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
-def should_retrain(result, history: Sequence[datetime], now: datetime, cooldown: timedelta, max_per_day: int,
-                   min_new_labels: int, in_flight: bool, new_labels: int = 0) -> tuple[bool, str]:
+def should_retrain(
+    result,
+    history: Sequence[datetime],
+    now: datetime,
+    cooldown: timedelta,
+    max_per_day: int,
+    min_new_labels: int,
+    in_flight: bool,
+    new_labels: int = 0,
+) -> tuple[bool, str]:
     """Decide whether to trigger a retraining.
 
     Args:

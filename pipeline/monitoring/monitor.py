@@ -9,6 +9,7 @@ decision (``guards.should_retrain``) is left to the caller, which knows the retr
 Configuration: the ``monitoring:`` section of the pipeline YAML (see docs/monitoring.md), loaded by
 ``MonitorConfig.from_yaml`` into a frozen object.
 """
+
 from __future__ import annotations
 
 import json
@@ -72,8 +73,11 @@ class MonitorConfig:
         perf = dict(raw.pop("performance", None) or {})
         retrain = dict(raw.pop("retraining", None) or {})
         known = {"model_name", "drift", "schedule", "report", "mlflow"}
-        unknown = (set(raw) - known) | (set(perf) - {"tolerance", "min_labels"}) | (
-            set(retrain) - {"cooldown_hours", "max_per_day", "min_new_labels"})
+        unknown = (
+            (set(raw) - known)
+            | (set(perf) - {"tolerance", "min_labels"})
+            | (set(retrain) - {"cooldown_hours", "max_per_day", "min_new_labels"})
+        )
         if unknown:
             raise ValueError(f"unknown monitoring settings {sorted(unknown)}")
         return cls(
@@ -149,7 +153,9 @@ def lineage_features(lineage: Mapping, with_predictions: bool) -> FeatureTypes:
             pred_num = tuple(f"prediction.proba.{c}" for c in lineage.get("class_names") or ())
         else:
             pred_num = (PREDICTED_VALUE,)
-    return FeatureTypes(tuple(feats.get("numeric") or ()), tuple(feats.get("categorical") or ()), pred_num, pred_cat)
+    return FeatureTypes(
+        tuple(feats.get("numeric") or ()), tuple(feats.get("categorical") or ()), pred_num, pred_cat
+    )
 
 
 def saved_model_predictions(model_dir: Path, lineage: Mapping) -> Callable[[pd.DataFrame], pd.DataFrame]:
@@ -164,11 +170,17 @@ def saved_model_predictions(model_dir: Path, lineage: Mapping) -> Callable[[pd.D
         feats = lineage["features"]
         outputs: dict[str, list] = {}
         for start in range(0, len(frame), batch):
-            part = frame.iloc[start:start + batch]
-            inputs = {c: tf.constant(pd.to_numeric(part[c], errors="coerce").to_numpy(np.float32))
-                      for c in feats.get("numeric") or ()}
-            inputs.update({c: tf.constant(part[c].fillna("").astype(str).to_numpy(dtype=object))
-                           for c in feats.get("categorical") or ()})
+            part = frame.iloc[start : start + batch]
+            inputs = {
+                c: tf.constant(pd.to_numeric(part[c], errors="coerce").to_numpy(np.float32))
+                for c in feats.get("numeric") or ()
+            }
+            inputs.update(
+                {
+                    c: tf.constant(part[c].fillna("").astype(str).to_numpy(dtype=object))
+                    for c in feats.get("categorical") or ()
+                }
+            )
             for name, value in fn(**inputs).items():
                 if name == "classes":
                     continue
@@ -178,8 +190,13 @@ def saved_model_predictions(model_dir: Path, lineage: Mapping) -> Callable[[pd.D
     return predict
 
 
-def load_reference_stats(lineage: Mapping, lineage_path: Path, *, cache_dir: Path | None = None,
-                         predict: Callable[[pd.DataFrame], pd.DataFrame] | None = None) -> tuple[ReferenceStats, bool]:
+def load_reference_stats(
+    lineage: Mapping,
+    lineage_path: Path,
+    *,
+    cache_dir: Path | None = None,
+    predict: Callable[[pd.DataFrame], pd.DataFrame] | None = None,
+) -> tuple[ReferenceStats, bool]:
     """The reference statistics of the model version of ``lineage``: cached, or built from its training split.
 
     Prediction columns are included when ``predict`` (reference frame -> ``output.*`` columns) is given and works;
@@ -187,8 +204,13 @@ def load_reference_stats(lineage: Mapping, lineage_path: Path, *, cache_dir: Pat
     """
     source = reference_source(lineage, lineage_path)
     digest = (lineage.get("dataset") or {}).get("digest") or ""
-    expect = {"model_name": lineage["model_name"], "version": lineage["version"], "dataset_digest": digest,
-              "reference_source": str(source), "with_predictions": predict is not None}
+    expect = {
+        "model_name": lineage["model_name"],
+        "version": lineage["version"],
+        "dataset_digest": digest,
+        "reference_source": str(source),
+        "with_predictions": predict is not None,
+    }
     directory = cache_dir or reference_cache_dir(lineage["model_name"], lineage["version"])
 
     def build() -> ReferenceStats:
@@ -198,8 +220,10 @@ def load_reference_stats(lineage: Mapping, lineage_path: Path, *, cache_dir: Pat
         if predict is not None:
             try:
                 outputs = predict(frame)
-                frame = pd.concat([frame, prediction_columns(outputs, lineage["task"],
-                                                             lineage.get("class_names") or ())], axis=1)
+                frame = pd.concat(
+                    [frame, prediction_columns(outputs, lineage["task"], lineage.get("class_names") or ())],
+                    axis=1,
+                )
                 features = lineage_features(lineage, with_predictions=True)
             except Exception as exc:  # noqa: BLE001 - predictions are optional; the reason is kept
                 meta["predictions_error"] = f"{type(exc).__name__}: {exc}"[:500]
@@ -208,12 +232,21 @@ def load_reference_stats(lineage: Mapping, lineage_path: Path, *, cache_dir: Pat
     return load_or_build_reference(directory, build, expect)
 
 
-def run_monitor(config: MonitorConfig, current: pd.DataFrame | str | Path, reference_meta_path: str | Path, *,
-                labels: pd.DataFrame | None = None, window_start: datetime | None = None,
-                window_end: datetime | None = None, cache_dir: Path | None = None,
-                predict_reference: Callable[[pd.DataFrame], pd.DataFrame] | None | bool = None,
-                report_dir: Path | None = None, log_mlflow: bool | None = None,
-                tracking_uri: str | None = None, run_tags: Mapping[str, str] | None = None) -> DriftResult:
+def run_monitor(
+    config: MonitorConfig,
+    current: pd.DataFrame | str | Path,
+    reference_meta_path: str | Path,
+    *,
+    labels: pd.DataFrame | None = None,
+    window_start: datetime | None = None,
+    window_end: datetime | None = None,
+    cache_dir: Path | None = None,
+    predict_reference: Callable[[pd.DataFrame], pd.DataFrame] | None | bool = None,
+    report_dir: Path | None = None,
+    log_mlflow: bool | None = None,
+    tracking_uri: str | None = None,
+    run_tags: Mapping[str, str] | None = None,
+) -> DriftResult:
     """Analyse one window against the model version that served it.
 
     Args:
@@ -241,31 +274,43 @@ def run_monitor(config: MonitorConfig, current: pd.DataFrame | str | Path, refer
 
     outputs = prediction_columns(window, task, class_names)
     if len(outputs.columns):
-        window = pd.concat([window.drop(columns=[c for c in outputs.columns if c in window.columns]), outputs],
-                           axis=1)
+        window = pd.concat(
+            [window.drop(columns=[c for c in outputs.columns if c in window.columns]), outputs], axis=1
+        )
     if predict_reference is None and len(outputs.columns):
         model_dir = lineage_path.parent.parent
-        predict_reference = saved_model_predictions(model_dir, lineage) if (model_dir / "saved_model.pb").exists() \
-            else None
+        predict_reference = (
+            saved_model_predictions(model_dir, lineage) if (model_dir / "saved_model.pb").exists() else None
+        )
     predict = predict_reference or None
     stats, from_cache = load_reference_stats(lineage, lineage_path, cache_dir=cache_dir, predict=predict)
 
     if labels is not None and len(window):
         window = join_labels(window, labels, label)
-    meta = {"model_name": lineage["model_name"], "model_version": lineage["version"],
-            "reference_from_cache": from_cache, "reference_source": stats.meta.get("reference_source"),
-            "window_start": window_start.isoformat() if window_start else None,
-            "window_end": window_end.isoformat() if window_end else None}
+    meta = {
+        "model_name": lineage["model_name"],
+        "model_version": lineage["version"],
+        "reference_from_cache": from_cache,
+        "reference_source": stats.meta.get("reference_source"),
+        "window_start": window_start.isoformat() if window_start else None,
+        "window_end": window_end.isoformat() if window_end else None,
+    }
     if stats.meta.get("predictions_error"):
         meta["predictions_error"] = stats.meta["predictions_error"]
     ignore = [*window_columns(window), label]
     result = analyse_drift(stats, window, config.drift, ignore_columns=ignore, meta=meta)
     if label in window.columns and len(window):
         prediction = PREDICTED_CLASS if task == "classification" else PREDICTED_VALUE
-        result.performance = evaluate_performance(window, task, label=label, prediction=prediction,
-                                                  class_names=class_names, baseline=lineage.get("metrics") or {},
-                                                  tolerance=config.performance_tolerance,
-                                                  min_labels=config.min_labels)
+        result.performance = evaluate_performance(
+            window,
+            task,
+            label=label,
+            prediction=prediction,
+            class_names=class_names,
+            baseline=lineage.get("metrics") or {},
+            tolerance=config.performance_tolerance,
+            min_labels=config.min_labels,
+        )
 
     if report_dir is not None and config.report:
         from pipeline.monitoring.report import write_report
@@ -274,7 +319,14 @@ def run_monitor(config: MonitorConfig, current: pd.DataFrame | str | Path, refer
     if (config.mlflow if log_mlflow is None else log_mlflow) and window_end is not None:
         from pipeline.monitoring.report import log_monitor_run
 
-        run_id = log_monitor_run(result, report_dir, model_name=lineage["model_name"], window_end=window_end,
-                                 window_start=window_start, tracking_uri=tracking_uri, tags=run_tags)
+        run_id = log_monitor_run(
+            result,
+            report_dir,
+            model_name=lineage["model_name"],
+            window_end=window_end,
+            window_start=window_start,
+            tracking_uri=tracking_uri,
+            tags=run_tags,
+        )
         result.meta["mlflow_run_id"] = run_id
     return result

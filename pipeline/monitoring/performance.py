@@ -3,6 +3,7 @@
 Labels arrive after serving and are joined on the request id (``request_log.join_labels``); only labelled rows
 count. Classification: accuracy and macro F1 of the arg-max class; regression: MAE and RMSE. Pure functions.
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
@@ -38,7 +39,7 @@ def regression_metrics(y_true: Sequence[float], y_pred: Sequence[float]) -> dict
     if t.size == 0:
         return {}
     err = p - t
-    return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err ** 2)))}
+    return {"mae": float(np.mean(np.abs(err))), "rmse": float(np.sqrt(np.mean(err**2)))}
 
 
 def _labels_as_names(labels: pd.Series, class_names: Sequence[str]) -> pd.Series:
@@ -62,9 +63,17 @@ def baseline_value(metrics: Mapping[str, float], name: str) -> float | None:
     return None
 
 
-def evaluate_performance(window: pd.DataFrame, task: str, *, label: str = "label", prediction: str,
-                         class_names: Sequence[str] = (), baseline: Mapping[str, float] | None = None,
-                         tolerance: float = 0.05, min_labels: int = 1) -> dict:
+def evaluate_performance(
+    window: pd.DataFrame,
+    task: str,
+    *,
+    label: str = "label",
+    prediction: str,
+    class_names: Sequence[str] = (),
+    baseline: Mapping[str, float] | None = None,
+    tolerance: float = 0.05,
+    min_labels: int = 1,
+) -> dict:
     """Metrics on the labelled rows of a window, and their change against the evaluation baseline.
 
     Args:
@@ -79,16 +88,29 @@ def evaluate_performance(window: pd.DataFrame, task: str, *, label: str = "label
         ``{"evaluated", "n_labelled", "metrics", "baseline", "delta", "degraded", "degraded_metrics"}``.
     """
     labelled = window[window[label].notna()] if label in window.columns else window.iloc[0:0]
-    out = {"task": task, "evaluated": False, "n_labelled": int(len(labelled)), "metrics": {}, "baseline": {},
-           "delta": {}, "degraded": False, "degraded_metrics": []}
+    out = {
+        "task": task,
+        "evaluated": False,
+        "n_labelled": len(labelled),
+        "metrics": {},
+        "baseline": {},
+        "delta": {},
+        "degraded": False,
+        "degraded_metrics": [],
+    }
     if len(labelled) < max(1, min_labels) or prediction not in labelled.columns:
         return out
     if task == "classification":
-        metrics = classification_metrics(_labels_as_names(labelled[label], class_names),
-                                         labelled[prediction].astype(str), [str(c) for c in class_names])
+        metrics = classification_metrics(
+            _labels_as_names(labelled[label], class_names),
+            labelled[prediction].astype(str),
+            [str(c) for c in class_names],
+        )
     elif task == "regression":
-        metrics = regression_metrics(pd.to_numeric(labelled[label], errors="coerce"),
-                                     pd.to_numeric(labelled[prediction], errors="coerce"))
+        metrics = regression_metrics(
+            pd.to_numeric(labelled[label], errors="coerce"),
+            pd.to_numeric(labelled[prediction], errors="coerce"),
+        )
     else:
         raise ValueError(f"unknown task {task!r}")
     out.update(evaluated=True, metrics=metrics)

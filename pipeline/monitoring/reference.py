@@ -13,6 +13,7 @@ one pass over the window whatever the size of the training data:
 ``build_reference`` is pure; ``save_reference`` / ``load_reference`` / ``load_or_build_reference`` are the I/O
 edge (``PIPELINE_HOME/monitoring/reference/<model>/<version>/``: ``reference.json`` + ``numeric.parquet``).
 """
+
 from __future__ import annotations
 
 import json
@@ -61,13 +62,19 @@ class FeatureTypes:
         return (*self.categorical, *self.prediction_categorical)
 
     def to_dict(self) -> dict[str, list[str]]:
-        return {k: list(getattr(self, k)) for k in
-                ("numeric", "categorical", "prediction_numeric", "prediction_categorical")}
+        return {
+            k: list(getattr(self, k))
+            for k in ("numeric", "categorical", "prediction_numeric", "prediction_categorical")
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> FeatureTypes:
-        return cls(**{k: tuple(d.get(k) or ()) for k in
-                      ("numeric", "categorical", "prediction_numeric", "prediction_categorical")})
+        return cls(
+            **{
+                k: tuple(d.get(k) or ())
+                for k in ("numeric", "categorical", "prediction_numeric", "prediction_categorical")
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -168,7 +175,9 @@ def category_counts(column: pd.Series | None, rows: int = 0) -> tuple[dict[str, 
     return out, missing
 
 
-def sketch_numeric(values: np.ndarray, missing: int = 0, max_points: int = DEFAULT_MAX_POINTS) -> NumericSketch:
+def sketch_numeric(
+    values: np.ndarray, missing: int = 0, max_points: int = DEFAULT_MAX_POINTS
+) -> NumericSketch:
     """Sketch the finite ``values`` of a column (see the module docstring for the accuracy)."""
     n = int(values.size)
     if n == 0:
@@ -189,19 +198,26 @@ def sketch_numeric(values: np.ndarray, missing: int = 0, max_points: int = DEFAU
     return NumericSketch(support.astype(np.float64), cdf, n, int(missing), mean, std, exact)
 
 
-def sketch_categorical(counts: dict[str, int], missing: int = 0,
-                       max_categories: int = DEFAULT_MAX_CATEGORIES) -> CategoricalSketch:
+def sketch_categorical(
+    counts: dict[str, int], missing: int = 0, max_categories: int = DEFAULT_MAX_CATEGORIES
+) -> CategoricalSketch:
     """Keep the ``max_categories`` most frequent categories; the rest are pooled as ``__other__``."""
     if len(counts) > max_categories:
         ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
         kept = dict(ranked[: max_categories - 1])
-        kept[OTHER_CATEGORY] = sum(n for _, n in ranked[max_categories - 1:])
+        kept[OTHER_CATEGORY] = sum(n for _, n in ranked[max_categories - 1 :])
         counts = kept
     return CategoricalSketch(dict(counts), int(missing))
 
 
-def build_reference(frame: pd.DataFrame, features: FeatureTypes, *, max_points: int = DEFAULT_MAX_POINTS,
-                    max_categories: int = DEFAULT_MAX_CATEGORIES, meta: dict | None = None) -> ReferenceStats:
+def build_reference(
+    frame: pd.DataFrame,
+    features: FeatureTypes,
+    *,
+    max_points: int = DEFAULT_MAX_POINTS,
+    max_categories: int = DEFAULT_MAX_CATEGORIES,
+    meta: dict | None = None,
+) -> ReferenceStats:
     """Summarise a reference table (the training split) for every column named in ``features``.
 
     Args:
@@ -217,9 +233,13 @@ def build_reference(frame: pd.DataFrame, features: FeatureTypes, *, max_points: 
     if absent:
         raise KeyError(f"reference data lacks columns {absent}")
     rows = len(frame)
-    numeric = {c: sketch_numeric(*numeric_values(frame[c]), max_points=max_points) for c in features.all_numeric}
-    categorical = {c: sketch_categorical(*category_counts(frame[c]), max_categories=max_categories)
-                   for c in features.all_categorical}
+    numeric = {
+        c: sketch_numeric(*numeric_values(frame[c]), max_points=max_points) for c in features.all_numeric
+    }
+    categorical = {
+        c: sketch_categorical(*category_counts(frame[c]), max_categories=max_categories)
+        for c in features.all_categorical
+    }
     return ReferenceStats(features, numeric, categorical, rows, dict(meta or {}))
 
 
@@ -245,19 +265,27 @@ def save_reference(stats: ReferenceStats, directory: Path) -> Path:
         "rows": stats.rows,
         "meta": stats.meta,
         "features": stats.features.to_dict(),
-        "numeric": {c: {"count": s.count, "missing": s.missing, "mean": s.mean, "std": s.std, "exact": s.exact}
-                    for c, s in stats.numeric.items()},
+        "numeric": {
+            c: {"count": s.count, "missing": s.missing, "mean": s.mean, "std": s.std, "exact": s.exact}
+            for c, s in stats.numeric.items()
+        },
         "categorical": {c: {"counts": s.counts, "missing": s.missing} for c, s in stats.categorical.items()},
     }
     (tmp / "reference.json").write_text(json.dumps(doc, indent=1, sort_keys=True))
     names = list(stats.numeric)
-    table = pa.table({
-        "feature": pa.array(np.repeat(np.arange(len(names), dtype=np.int32),
-                                      [stats.numeric[c].values.size for c in names])).dictionary_encode()
-        if names else pa.array([], pa.int32()),
-        "value": np.concatenate([stats.numeric[c].values for c in names]) if names else np.empty(0),
-        "cdf": np.concatenate([stats.numeric[c].cdf for c in names]) if names else np.empty(0),
-    })
+    table = pa.table(
+        {
+            "feature": pa.array(
+                np.repeat(
+                    np.arange(len(names), dtype=np.int32), [stats.numeric[c].values.size for c in names]
+                )
+            ).dictionary_encode()
+            if names
+            else pa.array([], pa.int32()),
+            "value": np.concatenate([stats.numeric[c].values for c in names]) if names else np.empty(0),
+            "cdf": np.concatenate([stats.numeric[c].cdf for c in names]) if names else np.empty(0),
+        }
+    )
     pq.write_table(table.replace_schema_metadata({"features": json.dumps(names)}), tmp / "numeric.parquet")
     if directory.exists():
         shutil.rmtree(directory)
@@ -285,16 +313,27 @@ def load_reference(directory: Path) -> ReferenceStats:
     for i, c in enumerate(names):
         lo, hi = bounds[i], bounds[i + 1]
         s = doc["numeric"][c]
-        numeric[c] = NumericSketch(values[lo:hi].copy(), cdf[lo:hi].copy(), int(s["count"]), int(s["missing"]),
-                                   float(s["mean"]), float(s["std"]), bool(s["exact"]))
-    categorical = {c: CategoricalSketch({k: int(v) for k, v in s["counts"].items()}, int(s["missing"]))
-                   for c, s in doc["categorical"].items()}
-    return ReferenceStats(FeatureTypes.from_dict(doc["features"]), numeric, categorical, int(doc["rows"]),
-                          doc.get("meta") or {})
+        numeric[c] = NumericSketch(
+            values[lo:hi].copy(),
+            cdf[lo:hi].copy(),
+            int(s["count"]),
+            int(s["missing"]),
+            float(s["mean"]),
+            float(s["std"]),
+            bool(s["exact"]),
+        )
+    categorical = {
+        c: CategoricalSketch({k: int(v) for k, v in s["counts"].items()}, int(s["missing"]))
+        for c, s in doc["categorical"].items()
+    }
+    return ReferenceStats(
+        FeatureTypes.from_dict(doc["features"]), numeric, categorical, int(doc["rows"]), doc.get("meta") or {}
+    )
 
 
-def load_or_build_reference(directory: Path, build: Callable[[], ReferenceStats],
-                            expect: dict | None = None) -> tuple[ReferenceStats, bool]:
+def load_or_build_reference(
+    directory: Path, build: Callable[[], ReferenceStats], expect: dict | None = None
+) -> tuple[ReferenceStats, bool]:
     """The cached statistics in ``directory`` if their ``meta`` matches ``expect``; else ``build()`` and cache.
 
     Args:

@@ -8,15 +8,15 @@
   the report as artifacts. The same metrics also go, at the same step, to one long-lived run per model
   (``drift-history``), whose charts show each feature's drift across monitor runs as a line.
 """
+
 from __future__ import annotations
 
 import base64
 import html
 import io
-import json
 import re
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +41,14 @@ def _safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name)
 
 
-def plot_feature(name: str, reference: NumericSketch | CategoricalSketch, current: pd.Series | None,
-                 result: ColumnDrift | None = None, bins: int = 40, max_categories: int = 15) -> bytes:
+def plot_feature(
+    name: str,
+    reference: NumericSketch | CategoricalSketch,
+    current: pd.Series | None,
+    result: ColumnDrift | None = None,
+    bins: int = 40,
+    max_categories: int = 15,
+) -> bytes:
     """A PNG of one column: reference vs current density (numeric) or category shares (categorical)."""
     import matplotlib
 
@@ -55,7 +61,9 @@ def plot_feature(name: str, reference: NumericSketch | CategoricalSketch, curren
             values, _ = numeric_values(current, 0)
             pool = np.concatenate([reference.values, values]) if values.size else reference.values
             if pool.size:
-                lo, hi = np.quantile(pool, [0.005, 0.995]) if pool.size > 1 else (pool[0] - 0.5, pool[0] + 0.5)
+                lo, hi = (
+                    np.quantile(pool, [0.005, 0.995]) if pool.size > 1 else (pool[0] - 0.5, pool[0] + 0.5)
+                )
                 if lo == hi:
                     lo, hi = lo - 0.5, hi + 0.5
                 edges = np.linspace(lo, hi, bins + 1)
@@ -68,14 +76,21 @@ def plot_feature(name: str, reference: NumericSketch | CategoricalSketch, curren
         else:
             counts, _ = category_counts(current, 0)
             ref_total, cur_total = max(reference.count, 1), max(sum(counts.values()), 1)
-            cats = sorted(set(reference.counts) | set(counts),
-                          key=lambda c: -(reference.counts.get(c, 0) / ref_total + counts.get(c, 0) / cur_total))
+            cats = sorted(
+                set(reference.counts) | set(counts),
+                key=lambda c: -(reference.counts.get(c, 0) / ref_total + counts.get(c, 0) / cur_total),
+            )
             cats = cats[:max_categories]
             x = np.arange(len(cats))
             ax.bar(x - 0.2, [reference.counts.get(c, 0) / ref_total for c in cats], 0.4, label="reference")
             ax.bar(x + 0.2, [counts.get(c, 0) / cur_total for c in cats], 0.4, label="current")
-            ax.set_xticks(x, [c + (" (new)" if c not in reference.counts else "") for c in cats],
-                          rotation=30, ha="right", fontsize=8)
+            ax.set_xticks(
+                x,
+                [c + (" (new)" if c not in reference.counts else "") for c in cats],
+                rotation=30,
+                ha="right",
+                fontsize=8,
+            )
             ax.set_ylabel("share of rows")
         title = name
         if result is not None:
@@ -104,20 +119,28 @@ def render_html(result: DriftResult, plots: Mapping[str, bytes], title: str = "D
     """The report as one HTML string (plots inlined as base64 PNG)."""
     doc = result.to_dict()
     esc = html.escape
-    verdict = "DATASET DRIFT" if doc["dataset_drift"] else ("SKIPPED" if doc["skipped"] else "no dataset drift")
+    verdict = (
+        "DATASET DRIFT" if doc["dataset_drift"] else ("SKIPPED" if doc["skipped"] else "no dataset drift")
+    )
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{esc(title)}</title><style>body{{font-family:sans-serif;margin:2em}}"
-        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
-        ".drift{background:#fdd}.ok{background:#efe}img{max-width:100%}</style></head><body>",
+        (
+            f"<title>{esc(title)}</title><style>body{{font-family:sans-serif;margin:2em}}"
+            "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:3px 6px;font-size:13px}"
+            ".drift{background:#fdd}.ok{background:#efe}img{max-width:100%}</style></head><body>"
+        ),
         f"<h1>{esc(title)}</h1>",
         f"<p><b>{verdict}</b> - {esc(doc['drift_reason'])}</p>",
         f"<p>Retraining: {'triggered' if doc['retraining_triggered'] else 'not triggered'} - {esc(doc['reason'])}</p>",
-        f"<p>Rows: reference {doc['n_reference']:,}, current {doc['n_current']:,}. "
-        f"Drifted features: {len(doc['drifted_features'])} of {doc['n_features']} ({doc['drift_share']:.0%}).</p>",
+        (
+            f"<p>Rows: reference {doc['n_reference']:,}, current {doc['n_current']:,}. "
+            f"Drifted features: {len(doc['drifted_features'])} of {doc['n_features']} ({doc['drift_share']:.0%}).</p>"
+        ),
     ]
     if doc["new_columns"]:
-        parts.append(f"<p>New columns in the window (not monitored): {esc(', '.join(doc['new_columns']))}</p>")
+        parts.append(
+            f"<p>New columns in the window (not monitored): {esc(', '.join(doc['new_columns']))}</p>"
+        )
     if doc["missing_columns"]:
         parts.append(f"<p>Columns missing from the window: {esc(', '.join(doc['missing_columns']))}</p>")
     meta = {k: v for k, v in doc["meta"].items() if not isinstance(v, (dict, list))}
@@ -125,21 +148,30 @@ def render_html(result: DriftResult, plots: Mapping[str, bytes], title: str = "D
         parts.append("<p>" + ", ".join(f"{esc(str(k))}: {_fmt(v)}" for k, v in meta.items()) + "</p>")
     perf = doc.get("performance")
     if perf and perf.get("evaluated"):
-        rows = "".join(f"<tr><td>{esc(m)}</td><td>{_fmt(v)}</td><td>{_fmt(perf['baseline'].get(m))}</td>"
-                       f"<td>{_fmt(perf['delta'].get(m))}</td></tr>" for m, v in perf["metrics"].items())
-        parts.append(f"<h2>Performance on {perf['n_labelled']:,} labelled rows"
-                     f"{' - DEGRADED' if perf['degraded'] else ''}</h2><table><tr><th>metric</th><th>window</th>"
-                     f"<th>baseline</th><th>change</th></tr>{rows}</table>")
+        rows = "".join(
+            f"<tr><td>{esc(m)}</td><td>{_fmt(v)}</td><td>{_fmt(perf['baseline'].get(m))}</td>"
+            f"<td>{_fmt(perf['delta'].get(m))}</td></tr>"
+            for m, v in perf["metrics"].items()
+        )
+        parts.append(
+            f"<h2>Performance on {perf['n_labelled']:,} labelled rows"
+            f"{' - DEGRADED' if perf['degraded'] else ''}</h2><table><tr><th>metric</th><th>window</th>"
+            f"<th>baseline</th><th>change</th></tr>{rows}</table>"
+        )
     for section, columns in (("Features", doc["features"]), ("Predictions", doc["predictions"])):
         if not columns:
             continue
-        parts.append(f"<h2>{section}</h2><table><tr><th>column</th><th>kind</th><th>drift</th><th>test</th>"
-                     "<th>statistic</th><th>p-value</th><th>adjusted</th><th>effect size</th><th>threshold</th>"
-                     "<th>missing rate ref / cur</th><th>notes</th></tr>")
+        parts.append(
+            f"<h2>{section}</h2><table><tr><th>column</th><th>kind</th><th>drift</th><th>test</th>"
+            "<th>statistic</th><th>p-value</th><th>adjusted</th><th>effect size</th><th>threshold</th>"
+            "<th>missing rate ref / cur</th><th>notes</th></tr>"
+        )
         for name, f in sorted(columns.items(), key=lambda kv: (not kv[1]["drift"], kv[0])):
             notes = []
             if f.get("unseen_categories"):
-                notes.append("unseen: " + ", ".join(f"{c} ({s:.1%})" for c, s in f["unseen_categories"].items()))
+                notes.append(
+                    "unseen: " + ", ".join(f"{c} ({s:.1%})" for c, s in f["unseen_categories"].items())
+                )
             if f.get("vanished_categories"):
                 notes.append("vanished: " + ", ".join(f["vanished_categories"]))
             if f["status"] != "ok":
@@ -150,20 +182,28 @@ def render_html(result: DriftResult, plots: Mapping[str, bytes], title: str = "D
                 f"<td>{_fmt(f['statistic'])}</td><td>{_fmt(f['p_value'])}</td><td>{_fmt(f['p_value_adjusted'])}</td>"
                 f"<td>{_fmt(f['effect_size'])}</td><td>{_fmt(f['threshold'])}</td>"
                 f"<td>{_fmt(f.get('reference_missing_rate'))} / {_fmt(f.get('current_missing_rate'))}</td>"
-                f"<td>{esc('; '.join(notes))}</td></tr>")
+                f"<td>{esc('; '.join(notes))}</td></tr>"
+            )
         parts.append("</table>")
     if plots:
         parts.append("<h2>Distributions</h2>")
         for name, png in plots.items():
             b64 = base64.b64encode(png).decode("ascii")
-            parts.append(f"<h3 id='{esc(_safe_name(name))}'>{esc(name)}</h3>"
-                         f"<img alt='{esc(name)}' src='data:image/png;base64,{b64}'>")
+            parts.append(
+                f"<h3 id='{esc(_safe_name(name))}'>{esc(name)}</h3>"
+                f"<img alt='{esc(name)}' src='data:image/png;base64,{b64}'>"
+            )
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_report(result: DriftResult, reference: ReferenceStats, current: pd.DataFrame, out_dir: Path,
-                 title: str | None = None) -> Path:
+def write_report(
+    result: DriftResult,
+    reference: ReferenceStats,
+    current: pd.DataFrame,
+    out_dir: Path,
+    title: str | None = None,
+) -> Path:
     """Write ``report.html``, ``plots/<column>.png`` and ``drift.json`` into ``out_dir``; returns the HTML path."""
     out_dir = Path(out_dir)
     (out_dir / "plots").mkdir(parents=True, exist_ok=True)
@@ -178,7 +218,9 @@ def write_report(result: DriftResult, reference: ReferenceStats, current: pd.Dat
             (out_dir / "plots" / f"{_safe_name(name)}.png").write_bytes(png)
             plots[name] = png
     model = result.meta.get("model_name")
-    title = title or (f"Drift report - {model} v{result.meta.get('model_version', '?')}" if model else "Drift report")
+    title = title or (
+        f"Drift report - {model} v{result.meta.get('model_version', '?')}" if model else "Drift report"
+    )
     (out_dir / "drift.json").write_text(result.to_json(indent=1))
     path = out_dir / "report.html"
     path.write_text(render_html(result, plots, title), encoding="utf-8")
@@ -198,10 +240,15 @@ def drift_metrics(result: DriftResult) -> dict[str, float]:
     """The numbers a monitor run logs: per column effect size, statistic, decision and missing rate;
     the dataset decision and share; the window's performance metrics."""
     doc = result.to_dict()
-    out = {"dataset_drift": float(doc["dataset_drift"]), "drift_share": float(doc["drift_share"]),
-           "n_drifted_features": float(len(doc["drifted_features"])), "n_current": float(doc["n_current"]),
-           "prediction_drift": float(doc["prediction_drift"]), "skipped": float(doc["skipped"]),
-           "retraining_triggered": float(doc["retraining_triggered"])}
+    out = {
+        "dataset_drift": float(doc["dataset_drift"]),
+        "drift_share": float(doc["drift_share"]),
+        "n_drifted_features": float(len(doc["drifted_features"])),
+        "n_current": float(doc["n_current"]),
+        "prediction_drift": float(doc["prediction_drift"]),
+        "skipped": float(doc["skipped"]),
+        "retraining_triggered": float(doc["retraining_triggered"]),
+    }
     for group in ("features", "predictions"):
         for name, f in doc[group].items():
             dist = f.get("distribution") or {}
@@ -222,10 +269,13 @@ def _experiment(client, name: str, tracking_uri: str) -> str:
     if exp is None:
         location = None  # a tracking server decides; a SQLite store keeps artifacts beside its database
         if tracking_uri.startswith("sqlite:///"):
-            location = f"{(Path(tracking_uri.removeprefix('sqlite:///')).parent / 'artifacts').as_uri()}/{name}"
+            location = (
+                f"{(Path(tracking_uri.removeprefix('sqlite:///')).parent / 'artifacts').as_uri()}/{name}"
+            )
         try:
-            return client.create_experiment(name, artifact_location=location,
-                                            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+            return client.create_experiment(
+                name, artifact_location=location, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+            )
         except Exception:  # created concurrently: use that one
             exp = client.get_experiment_by_name(name)
             if exp is None:
@@ -235,10 +285,18 @@ def _experiment(client, name: str, tracking_uri: str) -> str:
     return exp.experiment_id
 
 
-def log_monitor_run(result: DriftResult, report_dir: Path | None, *, model_name: str, window_end: datetime,
-                    window_start: datetime | None = None, tracking_uri: str | None = None,
-                    experiment_name: str | None = None, tags: Mapping[str, str] | None = None,
-                    history: bool = True) -> str:
+def log_monitor_run(
+    result: DriftResult,
+    report_dir: Path | None,
+    *,
+    model_name: str,
+    window_end: datetime,
+    window_start: datetime | None = None,
+    tracking_uri: str | None = None,
+    experiment_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    history: bool = True,
+) -> str:
     """Record one monitor run in MLflow; idempotent per (model, window end): a retry reuses the run.
 
     Args:
@@ -254,43 +312,65 @@ def log_monitor_run(result: DriftResult, report_dir: Path | None, *, model_name:
     Returns:
         The run id of the monitor run.
     """
-    from mlflow import MlflowClient
     from mlflow.entities import Metric, RunTag
+
+    from mlflow import MlflowClient
 
     uri = tracking_uri or paths.mlflow_tracking_uri()
     if uri.startswith("sqlite:///"):
         Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     client = MlflowClient(tracking_uri=uri)
     exp_id = _experiment(client, experiment_name or f"{model_name}-monitoring", uri)
-    end = window_end.replace(tzinfo=timezone.utc) if window_end.tzinfo is None else window_end
+    end = window_end.replace(tzinfo=UTC) if window_end.tzinfo is None else window_end
     key = end.isoformat()
     found = client.search_runs([exp_id], filter_string=f"tags.`monitor.window_end` = '{key}'", max_results=1)
     if found:
         run_id, step = found[0].info.run_id, int(found[0].data.tags.get("monitor.step", "0"))
     else:
-        earlier = client.search_runs([exp_id], filter_string="tags.`pipeline.kind` = 'monitor'", max_results=50000)
+        earlier = client.search_runs(
+            [exp_id], filter_string="tags.`pipeline.kind` = 'monitor'", max_results=50000
+        )
         step = 1 + max((int(r.data.tags.get("monitor.step", "-1")) for r in earlier), default=-1)
-        run_tags = {"pipeline.kind": "monitor", "monitor.window_end": key, "monitor.step": str(step),
-                    "monitor.model_name": model_name, "monitor.model_version": str(result.meta.get("model_version", "")),
-                    "monitor.window_start": window_start.isoformat() if window_start else "", **(tags or {})}
+        run_tags = {
+            "pipeline.kind": "monitor",
+            "monitor.window_end": key,
+            "monitor.step": str(step),
+            "monitor.model_name": model_name,
+            "monitor.model_version": str(result.meta.get("model_version", "")),
+            "monitor.window_start": window_start.isoformat() if window_start else "",
+            **(tags or {}),
+        }
         run_id = client.create_run(exp_id, run_name=f"monitor {key}", tags=run_tags).info.run_id
     ts = int(end.timestamp() * 1000)
     metrics = [Metric(k, float(v), ts, step) for k, v in drift_metrics(result).items()]
-    verdict = {"drift.dataset": str(result.dataset_drift).lower(), "drift.skipped": str(result.skipped).lower(),
-               "drift.reason": result.reason[:5000],
-               "drift.drifted_features": ",".join(result.drifted_features)[:5000]}
+    verdict = {
+        "drift.dataset": str(result.dataset_drift).lower(),
+        "drift.skipped": str(result.skipped).lower(),
+        "drift.reason": result.reason[:5000],
+        "drift.drifted_features": ",".join(result.drifted_features)[:5000],
+    }
     for i in range(0, len(metrics), 900):
-        client.log_batch(run_id, metrics=metrics[i:i + 900],
-                         tags=[RunTag(k, v) for k, v in verdict.items()] if i == 0 else [])
+        client.log_batch(
+            run_id,
+            metrics=metrics[i : i + 900],
+            tags=[RunTag(k, v) for k, v in verdict.items()] if i == 0 else [],
+        )
     client.log_text(run_id, result.to_json(indent=1), "drift.json")
     if report_dir is not None and Path(report_dir).exists():
         client.log_artifacts(run_id, str(report_dir), "report")
     client.set_terminated(run_id, "FINISHED")
     if history:
-        hist = client.search_runs([exp_id], filter_string="tags.`pipeline.kind` = 'monitor_history'", max_results=1)
-        hist_id = hist[0].info.run_id if hist else client.create_run(
-            exp_id, run_name=HISTORY_RUN_NAME, tags={"pipeline.kind": "monitor_history"}).info.run_id
+        hist = client.search_runs(
+            [exp_id], filter_string="tags.`pipeline.kind` = 'monitor_history'", max_results=1
+        )
+        hist_id = (
+            hist[0].info.run_id
+            if hist
+            else client.create_run(
+                exp_id, run_name=HISTORY_RUN_NAME, tags={"pipeline.kind": "monitor_history"}
+            ).info.run_id
+        )
         for i in range(0, len(metrics), 900):
-            client.log_batch(hist_id, metrics=metrics[i:i + 900])
+            client.log_batch(hist_id, metrics=metrics[i : i + 900])
         client.set_terminated(hist_id, "FINISHED")
     return run_id

@@ -6,11 +6,12 @@ feature under its own name, and one column per model output named ``output.<name
 turns the outputs into the columns the drift test compares (``prediction.class``, ``prediction.proba.<class>``,
 ``prediction.value``); ``join_labels`` attaches labels that arrive later, on the request id.
 """
+
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,7 @@ PREDICTED_VALUE = "prediction.value"
 
 
 def _utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t.astimezone(timezone.utc)
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def log_files(model_dir: Path, start: datetime, end: datetime) -> list[Path]:
@@ -71,8 +72,14 @@ def parse_lines(lines: Iterable[str]) -> pd.DataFrame:
     return frame
 
 
-def read_request_log(model_name: str, start: datetime, end: datetime, *, base_dir: Path | None = None,
-                     model_version: int | None = None) -> pd.DataFrame:
+def read_request_log(
+    model_name: str,
+    start: datetime,
+    end: datetime,
+    *,
+    base_dir: Path | None = None,
+    model_version: int | None = None,
+) -> pd.DataFrame:
     """The rows served for ``model_name`` with ``start <= ts < end`` (UTC; naive times are taken as UTC).
 
     Args:
@@ -152,5 +159,6 @@ def join_labels(window: pd.DataFrame, labels: pd.DataFrame, label: str = "label"
 
 def window_columns(frame: pd.DataFrame) -> list[str]:
     """Columns of a window that are not features: metadata, outputs and predictions (for ``ignore_columns``)."""
-    return [c for c in frame.columns
-            if c in META_COLUMNS or str(c).startswith((OUTPUT_PREFIX, PREDICTION_PREFIX))]
+    return [
+        c for c in frame.columns if c in META_COLUMNS or str(c).startswith((OUTPUT_PREFIX, PREDICTION_PREFIX))
+    ]

@@ -1,4 +1,5 @@
 """Drift statistics with known answers, the decisions at every sample size, and bad input."""
+
 from __future__ import annotations
 
 import json
@@ -128,13 +129,22 @@ def test_material_change_is_drift_at_any_size(frames, n, change):
     elif change == "major_share_10pt":
         cur, col = frames(n, seed=11, shares=np.array([0.6, 0.2, 0.15, 0.05])), "c"
     else:
-        cur, col = frames(n, seed=11, shares=np.array([0.475, 0.285, 0.1425, 0.0475, 0.05]),
-                          categories=np.array(["a", "b", "c", "d", "new"])), "c"
+        cur, col = (
+            frames(
+                n,
+                seed=11,
+                shares=np.array([0.475, 0.285, 0.1425, 0.0475, 0.05]),
+                categories=np.array(["a", "b", "c", "d", "new"]),
+            ),
+            "c",
+        )
     result = _run(ref, cur)
     assert result.features[col].drift, result.to_dict()["features"][col]
     assert result.drifted_features == [col]
     if change == "new_category_5pct":
-        assert result.to_dict()["features"]["c"]["unseen_categories"] == {"new": pytest.approx(0.05, abs=0.01)}
+        assert result.to_dict()["features"]["c"]["unseen_categories"] == {
+            "new": pytest.approx(0.05, abs=0.01)
+        }
 
 
 @pytest.mark.parametrize("change", ["mean_0.02sd", "share_1pt"])
@@ -248,7 +258,7 @@ def test_result_serialises_to_the_issue_json_shape(frames):
     doc = json.loads(result.to_json())
     assert isinstance(doc["dataset_drift"], bool) and doc["retraining_triggered"] is True
     assert doc["reason"] == "drift in x, guards passed" and "features drifted" in doc["drift_reason"]
-    for col, f in doc["features"].items():
+    for f in doc["features"].values():
         assert isinstance(f["drift"], bool) and isinstance(f["test"], str)
         assert isinstance(f["statistic"], float) and isinstance(f["threshold"], float)
         assert f["p_value"] is None or isinstance(f["p_value"], float)
@@ -274,4 +284,5 @@ def test_analyse_uses_cached_statistics_only(frames):
     exact = analyse_drift(build_reference(ref, features, max_points=1_000_000), cur)
     assert small.drifted_features == exact.drifted_features == ["x"]
     assert small.features["x"].distribution.effect_size == pytest.approx(
-        exact.features["x"].distribution.effect_size, abs=0.01)
+        exact.features["x"].distribution.effect_size, abs=0.01
+    )

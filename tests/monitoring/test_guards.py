@@ -1,13 +1,14 @@
 """Retraining guards: drift alone is not enough; cooldown, daily cap, labels and in-flight hold it back."""
+
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from pipeline.monitoring.guards import should_retrain
 
-NOW = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 DRIFT = {"dataset_drift": True, "skipped": False, "drift_reason": "2 of 5 features drifted", "reason": ""}
 KW = {"cooldown": timedelta(hours=6), "max_per_day": 2, "min_new_labels": 100}
 
@@ -21,17 +22,25 @@ def test_drift_with_all_guards_passing_triggers():
     assert ok and reason.startswith("retraining triggered: dataset drift")
 
 
-@pytest.mark.parametrize("result, expected", [
-    ({"dataset_drift": False, "skipped": False}, "no dataset drift"),
-    ({"dataset_drift": False, "skipped": True, "drift_reason": "skipped: empty window"}, "window skipped"),
-])
+@pytest.mark.parametrize(
+    "result, expected",
+    [
+        ({"dataset_drift": False, "skipped": False}, "no dataset drift"),
+        (
+            {"dataset_drift": False, "skipped": True, "drift_reason": "skipped: empty window"},
+            "window skipped",
+        ),
+    ],
+)
 def test_no_drift_or_skipped_window_does_not_trigger(result, expected):
     ok, reason = _decide(result)
     assert not ok and expected in reason
 
 
 def test_degraded_performance_alone_triggers():
-    ok, reason = _decide({"dataset_drift": False, "performance": {"degraded": True, "degraded_metrics": ["accuracy"]}})
+    ok, reason = _decide(
+        {"dataset_drift": False, "performance": {"degraded": True, "degraded_metrics": ["accuracy"]}}
+    )
     assert ok and "performance degraded: accuracy" in reason
 
 
@@ -77,5 +86,7 @@ def test_persisting_drift_triggers_once_per_cooldown():
 def test_accepts_a_drift_result_object(frames):
     from pipeline.monitoring.drift import DriftConfig, detect_drift
 
-    result = detect_drift(frames(2000, 1), frames(2000, 2, shift=1.0), ["x", "y"], ["c"], DriftConfig(drift_share=0.3))
+    result = detect_drift(
+        frames(2000, 1), frames(2000, 2, shift=1.0), ["x", "y"], ["c"], DriftConfig(drift_share=0.3)
+    )
     assert _decide(result)[0]

@@ -1,8 +1,9 @@
 """``run_monitor`` end to end on a fake model version: lineage, cached reference, window, labels, report, MLflow."""
+
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 import pandas as pd
@@ -12,14 +13,19 @@ from pipeline.monitoring.drift import DriftConfig
 from pipeline.monitoring.monitor import MonitorConfig, run_monitor
 
 CLASSES = ["Adelie", "Gentoo"]
-END = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+END = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
 def _penguins(n: int, seed: int, shift: float = 0.0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     bill = rng.normal(45 + shift, 5, n)
-    return pd.DataFrame({"bill_length_mm": bill, "island": rng.choice(["Biscoe", "Dream"], n),
-                         "species": np.where(bill > 45, "Gentoo", "Adelie")})
+    return pd.DataFrame(
+        {
+            "bill_length_mm": bill,
+            "island": rng.choice(["Biscoe", "Dream"], n),
+            "species": np.where(bill > 45, "Gentoo", "Adelie"),
+        }
+    )
 
 
 def _outputs(frame: pd.DataFrame) -> pd.DataFrame:
@@ -33,10 +39,18 @@ def lineage_path(tmp_path):
     version_dir = tmp_path / "serving" / "penguins" / "3"
     (version_dir / "assets.extra").mkdir(parents=True)
     _penguins(2000, seed=1).to_csv(tmp_path / "train.csv", index=False)
-    meta = {"model_name": "penguins", "version": 3, "task": "classification", "label": "species",
-            "features": {"numeric": ["bill_length_mm"], "categorical": ["island"]}, "class_names": CLASSES,
-            "dataset": {"snapshot": str(tmp_path / "train.csv"), "digest": "sha-1", "rows": 2000},
-            "train_split": str(tmp_path / "train.csv"), "metrics": {"test_accuracy": 0.99}, "blessed": True}
+    meta = {
+        "model_name": "penguins",
+        "version": 3,
+        "task": "classification",
+        "label": "species",
+        "features": {"numeric": ["bill_length_mm"], "categorical": ["island"]},
+        "class_names": CLASSES,
+        "dataset": {"snapshot": str(tmp_path / "train.csv"), "digest": "sha-1", "rows": 2000},
+        "train_split": str(tmp_path / "train.csv"),
+        "metrics": {"test_accuracy": 0.99},
+        "blessed": True,
+    }
     path = version_dir / "assets.extra" / "pipeline_metadata.json"
     path.write_text(json.dumps(meta))
     return path
@@ -57,8 +71,16 @@ def test_run_monitor_end_to_end(tmp_path, lineage_path, monkeypatch):
     config = MonitorConfig(model_name="penguins", drift=DriftConfig(drift_share=0.5))
     window, labels = _window(1500, seed=2, shift=4.0)
     labels.loc[labels.index[::2], "species"] = "Adelie"  # the model is wrong on many of them
-    result = run_monitor(config, window, lineage_path, labels=labels, window_end=END,
-                         predict_reference=_outputs, report_dir=tmp_path / "report", tracking_uri=uri)
+    result = run_monitor(
+        config,
+        window,
+        lineage_path,
+        labels=labels,
+        window_end=END,
+        predict_reference=_outputs,
+        report_dir=tmp_path / "report",
+        tracking_uri=uri,
+    )
     doc = json.loads(result.to_json())
     assert doc["dataset_drift"] and doc["features"]["bill_length_mm"]["drift"]
     assert not doc["features"]["island"]["drift"]
@@ -70,7 +92,9 @@ def test_run_monitor_end_to_end(tmp_path, lineage_path, monkeypatch):
     assert (tmp_path / "report" / "report.html").exists()
     assert (tmp_path / "home" / "monitoring" / "reference" / "penguins" / "3" / "reference.json").exists()
 
-    again = run_monitor(config, _window(1500, seed=3)[0], lineage_path, predict_reference=_outputs, log_mlflow=False)
+    again = run_monitor(
+        config, _window(1500, seed=3)[0], lineage_path, predict_reference=_outputs, log_mlflow=False
+    )
     assert again.meta["reference_from_cache"] is True
     assert not again.dataset_drift and not again.prediction_drift
 
@@ -86,8 +110,10 @@ def test_run_monitor_on_a_csv_without_outputs(tmp_path, lineage_path, monkeypatc
 
 def test_monitor_config_from_yaml(tmp_path):
     path = tmp_path / "p.yaml"
-    path.write_text("name: penguins\nserving: {model_name: pengs}\nmonitoring:\n  drift: {drift_share: 0.5, "
-                    "key_features: [island]}\n  retraining: {cooldown_hours: 2, max_per_day: 3}\n")
+    path.write_text(
+        "name: penguins\nserving: {model_name: pengs}\nmonitoring:\n  drift: {drift_share: 0.5, "
+        "key_features: [island]}\n  retraining: {cooldown_hours: 2, max_per_day: 3}\n"
+    )
     config = MonitorConfig.from_yaml(path)
     assert config.model_name == "pengs" and config.drift.key_features == ("island",)
     assert config.cooldown.total_seconds() == 7200 and config.max_retrains_per_day == 3
@@ -103,19 +129,31 @@ def test_cli_monitor_json_on_a_file_and_on_the_request_log(tmp_path, lineage_pat
     monkeypatch.setenv("PIPELINE_SERVING_BASE", str(tmp_path / "serving"))
     current = tmp_path / "current.parquet"
     _penguins(800, seed=7, shift=5.0).drop(columns=["species"]).to_parquet(current)
-    assert main(["monitor", "--model-name", "penguins", "--current", str(current), "--json", "--no-mlflow"]) == 0
+    assert (
+        main(["monitor", "--model-name", "penguins", "--current", str(current), "--json", "--no-mlflow"]) == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert doc["features"]["bill_length_mm"]["drift"] and doc["retraining_triggered"] is False
     assert doc["meta"]["model_version"] == 3
 
-    now = datetime.now(timezone.utc) - pd.Timedelta(minutes=5)
+    now = datetime.now(UTC) - pd.Timedelta(minutes=5)
     log_dir = tmp_path / "home" / "request_logs" / "penguins" / now.strftime("%Y-%m-%d")
     log_dir.mkdir(parents=True)
     rows = _penguins(300, seed=8)
-    lines = [json.dumps({"request_id": f"r{i}", "row": 0, "ts": now.isoformat(), "model_name": "penguins",
-                         "model_version": 3, "features": {"bill_length_mm": b, "island": s},
-                         "outputs": {"probabilities": [0.5, 0.5]}})
-             for i, (b, s) in enumerate(zip(rows["bill_length_mm"], rows["island"]))]
+    lines = [
+        json.dumps(
+            {
+                "request_id": f"r{i}",
+                "row": 0,
+                "ts": now.isoformat(),
+                "model_name": "penguins",
+                "model_version": 3,
+                "features": {"bill_length_mm": b, "island": s},
+                "outputs": {"probabilities": [0.5, 0.5]},
+            }
+        )
+        for i, (b, s) in enumerate(zip(rows["bill_length_mm"], rows["island"]))
+    ]
     (log_dir / f"{now:%H}-1.jsonl").write_text("\n".join(lines) + "\n")
     assert main(["monitor", "--model-name", "penguins", "--json", "--no-mlflow"]) == 0
     doc = json.loads(capsys.readouterr().out)

@@ -1,4 +1,5 @@
 """Performance on labelled windows against the lineage baseline."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,10 @@ def test_classification_metrics_match_sklearn():
 
 
 def test_regression_metrics_known_values():
-    assert regression_metrics([1, 2, 3], [1, 2, 5]) == {"mae": pytest.approx(2 / 3),
-                                                        "rmse": pytest.approx(np.sqrt(4 / 3))}
+    assert regression_metrics([1, 2, 3], [1, 2, 5]) == {
+        "mae": pytest.approx(2 / 3),
+        "rmse": pytest.approx(np.sqrt(4 / 3)),
+    }
     assert regression_metrics([], []) == {}
 
 
@@ -38,8 +41,13 @@ def test_baseline_lookup_prefixes_and_aliases():
 
 def test_degraded_classification_with_integer_labels():
     window = pd.DataFrame({"prediction.class": ["A", "B", "A", "A"], "label": [0, 1, 1, np.nan]})
-    perf = evaluate_performance(window, "classification", prediction="prediction.class", class_names=["A", "B"],
-                                baseline={"accuracy": 0.95})
+    perf = evaluate_performance(
+        window,
+        "classification",
+        prediction="prediction.class",
+        class_names=["A", "B"],
+        baseline={"accuracy": 0.95},
+    )
     assert perf["evaluated"] and perf["n_labelled"] == 3
     assert perf["metrics"]["accuracy"] == pytest.approx(2 / 3)
     assert perf["delta"]["accuracy"] == pytest.approx(2 / 3 - 0.95)
@@ -48,8 +56,13 @@ def test_degraded_classification_with_integer_labels():
 
 def test_regression_within_tolerance_is_not_degraded():
     window = pd.DataFrame({"prediction.value": [1.0, 2.0, 3.0], "y": [1.1, 2.1, 2.9]})
-    perf = evaluate_performance(window, "regression", label="y", prediction="prediction.value",
-                                baseline={"test_mae": 0.1, "test_rmse": 0.2})
+    perf = evaluate_performance(
+        window,
+        "regression",
+        label="y",
+        prediction="prediction.value",
+        baseline={"test_mae": 0.1, "test_rmse": 0.2},
+    )
     assert perf["metrics"]["mae"] == pytest.approx(0.1)
     assert not perf["degraded"]
 

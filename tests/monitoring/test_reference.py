@@ -1,4 +1,5 @@
 """Reference statistics: column extraction, persistence and the per-version cache."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -61,7 +62,9 @@ def test_rare_categories_are_pooled_beyond_the_cap():
 def test_save_and_load_round_trip(tmp_path, frames):
     stats = build_reference(_reference(frames), FEATURES, max_points=512, meta={"dataset_digest": "abc"})
     loaded = load_reference(save_reference(stats, tmp_path / "ref"))
-    assert loaded.features == FEATURES and loaded.rows == stats.rows and loaded.meta == {"dataset_digest": "abc"}
+    assert (
+        loaded.features == FEATURES and loaded.rows == stats.rows and loaded.meta == {"dataset_digest": "abc"}
+    )
     for c in ("x", "y"):
         a, b = stats.numeric[c], loaded.numeric[c]
         assert np.array_equal(a.values, b.values) and np.array_equal(a.cdf, b.cdf)
@@ -78,6 +81,7 @@ def test_cache_is_used_while_the_digest_matches(tmp_path, frames):
         def _build():
             calls.append(digest)
             return build_reference(ref, FEATURES, meta={"dataset_digest": digest})
+
         return _build
 
     directory = tmp_path / "cache"

@@ -1,8 +1,9 @@
 """The HTML report, the per-feature plots, and the MLflow monitor run (in a temporary SQLite store)."""
+
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
@@ -12,14 +13,19 @@ from pipeline.monitoring.reference import FeatureTypes, build_reference
 from pipeline.monitoring.report import drift_metrics, log_monitor_run, plot_feature, write_report
 
 PNG = b"\x89PNG\r\n\x1a\n"
-END = datetime(2026, 11, 22, 12, 0, tzinfo=timezone.utc)
+END = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
 
 @pytest.fixture
 def drifted(frames):
     ref = frames(3000, seed=1)
-    cur = frames(3000, seed=2, shift=0.8, shares=np.array([0.4, 0.3, 0.15, 0.05, 0.1]),
-                 categories=np.array(["a", "b", "c", "d", "brand-new"]))
+    cur = frames(
+        3000,
+        seed=2,
+        shift=0.8,
+        shares=np.array([0.4, 0.3, 0.15, 0.05, 0.1]),
+        categories=np.array(["a", "b", "c", "d", "brand-new"]),
+    )
     stats = build_reference(ref, FeatureTypes(("x", "y"), ("c",)))
     result = analyse_drift(stats, cur.assign(extra=1), meta={"model_name": "penguins", "model_version": 3})
     return stats, cur, result
@@ -66,11 +72,18 @@ def test_monitor_runs_logged_to_mlflow(tmp_path, drifted, monkeypatch):
     stats, cur, result = drifted
     report_dir = tmp_path / "report"
     write_report(result, stats, cur, report_dir)
-    first = log_monitor_run(result, report_dir, model_name="penguins", window_end=END,
-                            window_start=END - timedelta(hours=1), tracking_uri=uri)
+    first = log_monitor_run(
+        result,
+        report_dir,
+        model_name="penguins",
+        window_end=END,
+        window_start=END - timedelta(hours=1),
+        tracking_uri=uri,
+    )
     again = log_monitor_run(result, report_dir, model_name="penguins", window_end=END, tracking_uri=uri)
-    second = log_monitor_run(result, None, model_name="penguins", window_end=END + timedelta(hours=1),
-                             tracking_uri=uri)
+    second = log_monitor_run(
+        result, None, model_name="penguins", window_end=END + timedelta(hours=1), tracking_uri=uri
+    )
     assert first == again != second
 
     client = MlflowClient(tracking_uri=uri)
@@ -79,7 +92,9 @@ def test_monitor_runs_logged_to_mlflow(tmp_path, drifted, monkeypatch):
     run = client.get_run(first)
     assert run.data.metrics["drift/x/drift"] == 1.0 and run.data.tags["drift.dataset"] == "true"
     assert run.data.tags["monitor.step"] == "0" and client.get_run(second).data.tags["monitor.step"] == "1"
-    artifacts = {a.path for a in client.list_artifacts(first)} | {a.path for a in client.list_artifacts(first, "report")}
+    artifacts = {a.path for a in client.list_artifacts(first)} | {
+        a.path for a in client.list_artifacts(first, "report")
+    }
     assert {"drift.json", "report", "report/report.html", "report/plots"} <= artifacts
     history = client.search_runs([exp.experiment_id], "tags.`pipeline.kind` = 'monitor_history'")
     assert len(history) == 1
