@@ -50,6 +50,15 @@ def log_files(model_dir: Path, start: datetime, end: datetime) -> list[Path]:
     return files
 
 
+def _scalar(value):
+    """A feature value as a hashable scalar: the server writes non-UTF-8 strings as ``{"b64": ...}``."""
+    if isinstance(value, dict):
+        return "b64:" + str(value.get("b64", "")) if "b64" in value else json.dumps(value, sort_keys=True)
+    if isinstance(value, list):  # rank > 1 is outside the contract; kept visible rather than dropped
+        return json.dumps(value)
+    return value
+
+
 def parse_lines(lines: Iterable[str]) -> pd.DataFrame:
     """Request-log lines -> the window's DataFrame (see the module docstring); blank or broken lines skipped."""
     records = []
@@ -64,7 +73,7 @@ def parse_lines(lines: Iterable[str]) -> pd.DataFrame:
         if not isinstance(rec, dict):
             continue
         row = {k: rec.get(k) for k in META_COLUMNS}
-        row.update(rec.get("features") or {})
+        row.update({k: _scalar(v) for k, v in (rec.get("features") or {}).items()})
         row.update({OUTPUT_PREFIX + k: v for k, v in (rec.get("outputs") or {}).items()})
         records.append(row)
     frame = pd.DataFrame.from_records(records, columns=None if records else list(META_COLUMNS))

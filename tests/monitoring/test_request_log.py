@@ -158,3 +158,18 @@ def test_prediction_columns_of_an_empty_window():
         "prediction.proba.a",
         "prediction.proba.b",
     ]
+
+
+def test_non_utf8_and_non_scalar_feature_values_stay_hashable():
+    from pipeline.monitoring.request_log import parse_lines
+
+    line = json.dumps(
+        {
+            "request_id": "r",
+            "row": 0,
+            "ts": "2026-11-22T01:00:00+00:00",
+            "features": {"s": {"b64": "/w=="}, "v": [1, 2]},
+        }
+    )
+    frame = parse_lines([line])
+    assert frame["s"].tolist() == ["b64:/w=="] and frame["v"].tolist() == ["[1, 2]"]
