@@ -24,6 +24,10 @@ REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 180
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: serving tests that take tens of seconds (load, lifecycle)")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

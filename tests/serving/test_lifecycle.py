@@ -16,6 +16,7 @@ from tensorflow_serving.apis import model_management_pb2, predict_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 ROW = {"bill_length_mm": 42.0, "island": "Dream"}
+pytestmark = pytest.mark.slow
 
 
 def served_version(response) -> int:
