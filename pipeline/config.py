@@ -88,6 +88,8 @@ class PipelineConfig:
     training: TrainingConfig = TrainingConfig()
     gate: GateConfig = GateConfig()
     serving: ServingConfig = ServingConfig()
+    # The drift monitor's section, read by pipeline.monitoring.monitor.MonitorConfig (kept as plain data here).
+    monitoring: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -104,7 +106,7 @@ class PipelineConfig:
                 if not isinstance(node.get(part), dict):
                     raise ConfigError(f"unknown config key {key!r}")
                 node = node[part]
-            if leaf not in node and not (parents and parents[-1] in {"params", "thresholds"}):
+            if leaf not in node and not (parents and parents[-1] in {"params", "thresholds", "monitoring"}):
                 raise ConfigError(f"unknown config key {key!r}")
             node[leaf] = value
         return from_dict(raw)
@@ -139,7 +141,7 @@ def from_dict(raw: Mapping[str, Any]) -> PipelineConfig:
     """Build and check a :class:`PipelineConfig` from plain data (parsed YAML, Airflow params)."""
     if not isinstance(raw, Mapping):
         raise ConfigError("the config must be a mapping at top level")
-    top = {"name", "source", "label", "task", "features", "split", "model", "training", "gate", "serving"}
+    top = {"name", "source", "label", "task", "features", "split", "model", "training", "gate", "serving", "monitoring"}
     unknown = sorted(set(raw) - top)
     if unknown:
         raise ConfigError(f"unknown top-level config key(s): {', '.join(unknown)}")
@@ -164,9 +166,9 @@ def from_dict(raw: Mapping[str, Any]) -> PipelineConfig:
         split=_section(SplitConfig, raw.get("split"), "split"),
         model=model,
         training=_section(TrainingConfig, raw.get("training"), "training"),
-        gate=GateConfig(**gate_raw) if set(gate_raw) <= {"metric", "thresholds", "max_regression"}
-        else _section(GateConfig, gate_raw, "gate"),
+        gate=_section(GateConfig, gate_raw, "gate"),
         serving=_section(ServingConfig, serving_raw, "serving"),
+        monitoring=dict(raw.get("monitoring") or {}),
     )
     _check(cfg)
     return cfg

@@ -116,8 +116,10 @@ def check_data(df: "pd.DataFrame", spec: FeatureSpec, pinned_numeric: set[str]) 
         elif col in spec.categorical and col not in pinned_numeric and not pd.api.types.is_numeric_dtype(s):
             share, bad = _text_examples(s)
             if share >= NUMERIC_PARSE_SHARE and bad:
+                n = int(s.notna().sum())
+                n_text = n - int(round(share * n))
                 out.append(Anomaly(col, "text_in_numeric",
-                                   f"{share:.0%} of values are numbers but some are text, e.g. {bad}; "
+                                   f"numeric column has text: {n_text} of {n} values are not numbers, e.g. {bad}; "
                                    "fix the data or declare the column categorical in the config", True))
     return out
 

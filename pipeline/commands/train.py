@@ -11,6 +11,7 @@ import json
 import sys
 
 DAG_ID = "training_pipeline"
+STAGE_ORDER = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -67,11 +68,22 @@ def summarize(dag_run) -> dict:
             XComModel.dag_id == dag_run.dag_id, XComModel.run_id == dag_run.run_id, XComModel.key == "return_value")).all()
         for task_id, value in rows:
             out[task_id] = json.loads(value) if isinstance(value, str) else value
-        failed = session.scalars(select(TaskInstance.task_id).where(
-            TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id,
-            TaskInstance.state.in_(["failed", "upstream_failed"]))).all()
-    out["failed_tasks"] = list(failed)
+        states = dict(session.execute(select(TaskInstance.task_id, TaskInstance.state).where(
+            TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)).all())
+    order = [t for t in STAGE_ORDER if t in states] + sorted(set(states) - set(STAGE_ORDER))
+    out["failed_tasks"] = [t for t in order if str(states[t]).endswith("failed") and "upstream" not in str(states[t])]
+    out["not_run_tasks"] = [t for t in order if "upstream_failed" in str(states[t])]
     return out
+
+
+def mlflow_parent_run(dag_run_id: str) -> str | None:
+    """The MLflow parent run of a DAG run, looked up by its tags (for runs that failed before returning it)."""
+    from pipeline.tracking import TAG_RUN_ID, client
+
+    runs = client().search_runs([e.experiment_id for e in client().search_experiments()],
+                                filter_string=f"tags.`{TAG_RUN_ID}` = '{dag_run_id}' and tags.`pipeline.kind` = 'dag_run'",
+                                max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,14 +96,16 @@ def main(argv: list[str] | None = None) -> int:
     ingest = summary.get("ingest") or {}
     print("", flush=True)
     print(f"DAG run:          {summary['dag_run_id']} ({summary['state']})")
-    print(f"MLflow run:       {reg.get('parent_run_id') or ingest.get('parent_run_id') or '-'}")
+    parent = reg.get("parent_run_id") or ingest.get("parent_run_id") or mlflow_parent_run(summary["dag_run_id"])
+    print(f"MLflow run:       {parent or '-'}")
     if reg:
         print(f"Registered model: {reg['model_name']} version {reg['version']}")
         print(f"Blessed:          {'yes' if reg['blessed'] else 'no'}"
               f"{' -> published to ' + reg['published'] if reg.get('published') else ''}")
         print(f"Champion:         version {reg['champion']}")
     if summary["failed_tasks"]:
-        print(f"Failed tasks:     {', '.join(summary['failed_tasks'])}", file=sys.stderr)
+        not_run = f" (not run: {', '.join(summary['not_run_tasks'])})" if summary["not_run_tasks"] else ""
+        print(f"Failed tasks:     {', '.join(summary['failed_tasks'])}{not_run}", flush=True)
     return 0 if summary["state"].endswith("success") else 1
 
 
