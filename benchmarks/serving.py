@@ -38,6 +38,7 @@ CATEGORICAL = ["island", "sex"]
 CLASSES = ["Adelie", "Chinstrap", "Gentoo"]
 ROW = {"bill_length_mm": 39.1, "bill_depth_mm": 18.7, "flipper_length_mm": 181.0, "body_mass_g": 3750.0,
        "island": "Torgersen", "sex": "male"}
+NOTES = ("Notes: every point runs with its load generator on the same 2 cores, and other engineers' jobs were running (load line above), so read ratios rather than absolute numbers. Without batching, REST runs a lone model call inline on the event loop (hence the low concurrency-1 latency) and further calls on a bounded pool; with batching every call goes through the batcher (one thread hop more at concurrency 1, merged calls under load). gRPC uses the sync `grpc.server` thread pool, whose per-call Python overhead is higher than the REST path's.")
 DOC_BEGIN, DOC_END = "<!-- serving-benchmark:begin -->", "<!-- serving-benchmark:end -->"
 
 
@@ -418,6 +419,7 @@ def render(args, floor: dict, results: list[dict], loads: list[str]) -> str:
                      f"{'met' if ratio >= 5 else 'NOT met'}.")
     total_errors = sum(r["errors"] for r in results)
     lines.append(f"- errors in all runs: {total_errors}.")
+    lines += ["", NOTES]
     return "\n".join(lines)
 
 

@@ -61,16 +61,16 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
     def __init__(self, service: Service):
         self.service = service
 
-    def _guard(self, api: str, context, work):
+    def _guard(self, api: str, context, model_spec, work):
         """Run a handler: errors become gRPC statuses, every request is counted."""
         started = time.perf_counter()
-        model, version = "", ""
         try:
             response, model, version = work()
             self.service.record(model, version, "GRPC", api, "OK", started)
             return response
         except ServingError as exc:
-            self.service.record(getattr(exc, "model", model), "", "GRPC", api, exc.code.name, started)
+            version = str(model_spec.version.value) if model_spec.HasField("version") else ""
+            self.service.record(model_spec.name, version, "GRPC", api, exc.code.name, started)
             _abort(context, exc)
         except Exception as exc:
             if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortionException":
@@ -106,7 +106,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 service.log_request(_request_id(context), servable, request.model_spec.signature_name, "grpc",
                                     inputs, outputs)
             return response, servable.name, str(servable.version)
-        return self._guard("predict", context, work)
+        return self._guard("predict", context, request.model_spec, work)
 
     def GetModelMetadata(self, request, context):
         def work():
@@ -125,7 +125,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
             response.model_spec.version.value = servable.version
             response.metadata["signature_def"].Pack(signature_map)
             return response, servable.name, str(servable.version)
-        return self._guard("metadata", context, work)
+        return self._guard("metadata", context, request.model_spec, work)
 
     def _examples(self, request, method: str, context):
         name, version, label = _spec(request.model_spec)
@@ -145,7 +145,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                     item.classes.add(label=label, score=score)
             _fill_spec(response.model_spec, servable, request.model_spec.signature_name)
             return response, servable.name, str(servable.version)
-        return self._guard("classify", context, work)
+        return self._guard("classify", context, request.model_spec, work)
 
     def Regress(self, request, context):
         def work():
@@ -155,7 +155,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
                 response.result.regressions.add(value=value)
             _fill_spec(response.model_spec, servable, request.model_spec.signature_name)
             return response, servable.name, str(servable.version)
-        return self._guard("regress", context, work)
+        return self._guard("regress", context, request.model_spec, work)
 
     def MultiInference(self, request, context):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "MultiInference is not supported by this server")

@@ -156,10 +156,11 @@ class RestApp:
         }, indent=1).encode()
 
     async def _run(self, servable: Servable, signature, inputs) -> dict:
-        """Run the model call: on the batcher, inline when the server is otherwise idle, else on a thread.
+        """Run the model call: on the batcher when batching; else inline when no other call is running off
+        the loop, else on the bounded pool.
 
-        Inline saves two thread hops (~0.2 ms, most of the REST overhead at concurrency 1); as soon as one call
-        is running, the others go to the pool so the event loop keeps accepting and parsing requests.
+        Inline saves two thread hops (most of the REST overhead at concurrency 1). It is not used with batching:
+        requests queued behind an inline call would each run inline in turn and never be merged.
         """
         future = self.service.submit(servable, signature, inputs)
         if future is None:
