@@ -38,7 +38,7 @@ mlflow-ui: venv
 	$(BIN)/python -m pipeline.tracking ui
 
 airflow: venv
-	$(BIN)/python -m pipeline.commands.airflow_ui
+	$(BIN)/pipeline airflow
 
 serve: venv
 	$(BIN)/pipeline serve

@@ -23,6 +23,8 @@ def airflow_environ(base: dict[str, str] | None = None) -> dict[str, str]:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # A laptop, not a cluster: the default 32 LocalExecutor workers would each hold a Python interpreter.
+        "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
         # Stage tasks import TensorFlow; the default 30 s would kill a cold start.
         "AIRFLOW__CORE__KILLED_TASK_CLEANUP_TIME": "60",

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("pipeline.commands.train", "main", "run the training_pipeline DAG through Airflow"),
     "serve": ("pipeline.serving.__main__", "main", "TensorFlow Serving-compatible model server"),
     "monitor": ("pipeline.commands.monitor", "main", "drift of served traffic against the training data"),
+    "airflow": ("pipeline.commands.airflow_ui", "main", "Airflow scheduler and UI on the embedded defaults"),
 }
 
 

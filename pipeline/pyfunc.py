@@ -38,3 +38,14 @@ class SavedModelPyfunc(mlflow.pyfunc.PythonModel):
             frame["predicted_class"] = np.asarray(self._meta["class_names"])[proba.argmax(axis=1)]
             return frame
         return pd.DataFrame({"value": out["value"].numpy()})
+
+
+def pip_requirements() -> list[str]:
+    """The model's runtime requirements, pinned to what is installed here.
+
+    Given explicitly because MLflow's own inference loads the model in a subprocess to see what it imports,
+    which takes longer than the rest of the export together.
+    """
+    from importlib.metadata import version
+
+    return [f"{name}=={version(name)}" for name in ("tensorflow", "keras", "mlflow", "pandas", "numpy", "pyarrow")]

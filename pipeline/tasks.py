@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from pipeline import paths
 from pipeline.config import PipelineConfig, from_dict, load_config
@@ -56,6 +56,17 @@ def load_run_config(params: Mapping[str, Any] | None) -> PipelineConfig:
     return load_config(None, overrides)
 
 
+def drift_run_params(params: Mapping[str, Any], drift_events: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
+    """The params of a run triggered by the drift monitor: without a config of its own, it takes the config the
+    monitor ran with (``config`` in the events' extra), so that retraining uses the same data, model and gate."""
+    params = dict(params or {})
+    if not params.get("config") and not params.get("source"):
+        configs = [e.get("config") for e in drift_events if e and e.get("config")]
+        if configs:
+            params["config"] = configs[-1]
+    return params
+
+
 def _write_json(path: Path, payload: Any) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=str))
@@ -68,17 +79,26 @@ def _read_frame(path: str):
     return pd.read_parquet(path)
 
 
-def ingest_task(params: Mapping[str, Any], ctx: RunContext) -> dict[str, Any]:
+def ingest_task(params: Mapping[str, Any], ctx: RunContext,
+                drift_events: Sequence[Mapping[str, Any] | None] = ()) -> dict[str, Any]:
+    """Snapshot the configured source; a run triggered by the drift monitor appends the newly labelled rows
+    that its ``drift_events`` (the triggering Asset events' extras) name."""
     import mlflow
 
     from pipeline import tracking
     from pipeline.ingest import ingest
+    from pipeline.monitoring.loop import append_labelled, labelled_data_paths
 
     cfg = load_run_config(params)
     parent = tracking.parent_run(cfg.name, ctx.dag_id, ctx.run_id, ctx.logical_date, cfg.to_dict() | {})
     with tracking.stage_run(parent, "ingest"):
         mlflow.log_params({"source": cfg.source, "label": cfg.label})
         snap = ingest(cfg.source, ctx.data_dir, label=cfg.label)
+        labelled = labelled_data_paths(drift_events, cfg.serving.model_name)
+        if labelled:
+            source_rows = snap.rows
+            snap = append_labelled(snap, labelled)
+            mlflow.log_params({"labelled_data": ",".join(labelled)[:6000], "source_rows": source_rows})
         df = _read_frame(snap.path)
         dataset = mlflow.data.from_pandas(df, source=snap.source, name=cfg.name, targets=cfg.label
                                           if cfg.label in df.columns else None, digest=snap.digest[:16])
@@ -86,7 +106,7 @@ def ingest_task(params: Mapping[str, Any], ctx: RunContext) -> dict[str, Any]:
         mlflow.log_metrics({"rows": snap.rows, "columns": len(snap.columns)})
         mlflow.log_params({"snapshot": snap.path, "digest": snap.digest})
     return {"parent_run_id": parent, "snapshot": snap.path, "digest": snap.digest, "rows": snap.rows,
-            "source": snap.source}
+            "source": snap.source, "labelled_data": labelled}
 
 
 def validate_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[str, Any]) -> dict[str, Any]:
@@ -252,7 +272,7 @@ def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[st
     from pipeline import tracking
     from pipeline.export import write_candidate
     from pipeline.preprocess import PreprocessMeta, feature_arrays
-    from pipeline.pyfunc import SavedModelPyfunc
+    from pipeline.pyfunc import SavedModelPyfunc, pip_requirements
     from pipeline.train import load_model
 
     cfg = load_run_config(params)
@@ -283,7 +303,8 @@ def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[st
         example = pd.DataFrame(feature_arrays(test.head(5), spec))
         model = SavedModelPyfunc()
         info = mlflow.pyfunc.log_model(name="model", python_model=model, artifacts={"saved_model": str(staging)},
-                                       input_example=example, signature=infer_signature(example))
+                                       input_example=example, signature=infer_signature(example),
+                                       pip_requirements=pip_requirements())
         # Check that what MLflow stored loads and answers like the SavedModel, rather than assume it.
         reloaded = mlflow.pyfunc.load_model(info.model_uri).predict(example)
         if len(reloaded) != len(example):
