@@ -167,14 +167,27 @@ def training_curve_figure(history: Mapping[str, list[float]]):
     return fig
 
 
+def ui_url(base: str, experiment_name: str | None = None) -> str:
+    """A link that opens the runs table. The MLflow 3 UI starts in its GenAI view unless the link asks for
+    ``workflowType=machine_learning`` (the experiment tag alone is ignored while the GenAI/ML toggle is shown)."""
+    exp = client().get_experiment_by_name(experiment_name) if experiment_name else None
+    path = f"#/experiments/{exp.experiment_id}/runs" if exp else "#/experiments"
+    return f"{base.rstrip('/')}/{path}?workflowType=machine_learning"
+
+
 def ui(argv: list[str] | None = None) -> int:
     """Start ``mlflow ui`` on the configured store (default http://127.0.0.1:5000)."""
     uri = paths.mlflow_tracking_uri()
     if uri.startswith("sqlite:///"):
         paths.mlflow_dir().mkdir(parents=True, exist_ok=True)
+    argv = argv or ["--host", "127.0.0.1", "--port", "5000"]
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-           "--default-artifact-root", paths.mlflow_artifact_root(), *(argv or ["--host", "127.0.0.1", "--port", "5000"])]
+           "--default-artifact-root", paths.mlflow_artifact_root(), *argv]
+    host = argv[argv.index("--host") + 1] if "--host" in argv else "127.0.0.1"
+    port = argv[argv.index("--port") + 1] if "--port" in argv else "5000"
+    names = [e.name for e in client().search_experiments() if e.name != "Default"]
     print(" ".join(cmd), flush=True)
+    print(f"\nOpen {ui_url(f'http://{host}:{port}', names[0] if len(names) == 1 else None)}\n", flush=True)
     os.execv(sys.executable, cmd)
     return 0
 
