@@ -24,12 +24,13 @@ SERVED_MODEL = Asset(MODEL_ASSET_NAME)
 
 def _ctx():
     """The run identity every stage keys its outputs by (imported lazily: pipeline.tasks is light anyway)."""
-    from pipeline.tasks import RunContext
+    from pipeline.tasks import RunContext, drift_run_params
 
     context = get_current_context()
     dag_run = context["dag_run"]
     logical = context.get("logical_date")
-    return dict(context["params"]), RunContext(dag_run.dag_id, dag_run.run_id, logical.isoformat() if logical else None)
+    params = drift_run_params(context["params"], [e.extra for e in context["triggering_asset_events"].get(DRIFT, [])])
+    return params, RunContext(dag_run.dag_id, dag_run.run_id, logical.isoformat() if logical else None)
 
 
 @dag(
@@ -61,7 +62,9 @@ def training_pipeline():
     def ingest() -> dict:
         from pipeline.tasks import ingest_task
 
-        return ingest_task(*_ctx())
+        # A run triggered by the drift monitor appends the newly labelled rows named in the events' extra.
+        events = get_current_context()["triggering_asset_events"].get(DRIFT, [])
+        return ingest_task(*_ctx(), drift_events=[e.extra for e in events])
 
     @task
     def validate(ingested: dict) -> dict:

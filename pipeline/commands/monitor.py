@@ -1,23 +1,32 @@
-"""``pipeline monitor``: analyse drift of served traffic against the serving model's training data.
+"""``pipeline monitor``: drift of served traffic against the serving model's training data, through Airflow.
 
-    pipeline monitor [--config FILE] [--current PATH] [--model-name NAME] [--json]
+    pipeline monitor [--config FILE] [--current PATH] [--model-name NAME] [--json] [--direct]
 
-For now this runs the analysis directly (``pipeline.monitoring.monitor.run_monitor``); the ``drift_monitor``
-DAG will run the same function through Airflow. The window is ``--current`` (CSV, Parquet or request-log
-JSONL), else the request log since the last monitor run of this model (at most ``--lookback-hours`` back).
-The reference is the model version that served most of the window (``--model-version`` to choose), found
-through its lineage file in the serving directory. Exit status 0 whether or not there is drift; 2 on bad input.
+By default this runs the ``drift_monitor`` DAG once through Airflow, as ``pipeline train`` runs
+``training_pipeline``: the window, the analysis (report, MLflow run), the retraining decision and, when the
+guards allow it, the ``training_data_drift`` Asset event that schedules a retraining. ``--direct`` runs only the
+analysis in this process (``pipeline.monitoring.monitor.run_monitor``), with no retraining decision.
+
+The window is ``--current`` (CSV, Parquet or request-log JSONL), else the request log since the last monitor
+run of this model (at most ``--lookback-hours`` back). The reference is the model version that served most of
+the window (``--model-version`` to choose), found through its lineage file in the serving directory.
+With ``--json`` stdout carries exactly one JSON object (Airflow's logs go to stderr). Exit status 0 whether or
+not there is drift; 1 when the DAG run failed; 2 on bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pipeline import paths
+
+DAG_ID = "drift_monitor"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,6 +48,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--report-dir", type=Path, help="write the HTML report here")
     ap.add_argument("--no-mlflow", action="store_true", help="do not log the monitor run to MLflow")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument(
+        "--direct", action="store_true", help="run the analysis in this process instead of the Airflow DAG"
+    )
     return ap
 
 
@@ -53,6 +65,83 @@ def _versions(model_name: str) -> list[int]:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    return _direct(args) if args.direct else _through_airflow(args)
+
+
+def dag_conf(args: argparse.Namespace) -> dict:
+    """The ``drift_monitor`` params of the command line (paths made absolute: the DAG runs elsewhere)."""
+    conf = {"config": str(args.config.resolve()) if args.config else ""}
+    optional = {
+        "current": str(args.current.resolve()) if args.current else None,
+        "model_name": args.model_name,
+        "model_version": args.model_version,
+        "labels": str(args.labels.resolve()) if args.labels else None,
+        "lookback_hours": args.lookback_hours,
+        "mlflow": False if args.no_mlflow else None,
+    }
+    conf.update({k: v for k, v in optional.items() if v is not None})
+    return conf
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr():
+    """Send everything written to stdout, by this process and its children, to stderr while it lasts."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _through_airflow(args: argparse.Namespace) -> int:
+    from pipeline.commands.train import run_dag, summarize
+
+    if args.current is not None and not args.current.exists():
+        print(f"pipeline monitor: {args.current} does not exist", file=sys.stderr)
+        return 2
+    if args.report_dir:
+        print("pipeline monitor: the DAG writes its report under PIPELINE_HOME/monitoring/runs/; "
+              "--report-dir applies to --direct", file=sys.stderr)
+    conf = dag_conf(args)
+    print(f"pipeline monitor: running DAG {DAG_ID} with params {json.dumps(conf)}", file=sys.stderr, flush=True)
+    with _stdout_to_stderr() if args.json else contextlib.nullcontext():
+        dag_run = run_dag(DAG_ID, conf)
+        summary = summarize(dag_run)
+    decision = summary.get("decide") or {}
+    ok = summary["state"].endswith("success") and decision.get("result")
+    airflow = {"dag_id": DAG_ID, "dag_run_id": summary["dag_run_id"], "state": summary["state"],
+               "failed_tasks": summary["failed_tasks"],
+               "asset_event": (summary.get("emit_drift") or None) if ok else None}
+    if not ok:
+        error = f"DAG run {summary['dag_run_id']} {summary['state']}; failed tasks: {summary['failed_tasks']}"
+        if args.json:
+            print(json.dumps({"error": error, "airflow": airflow}))
+        else:
+            print(f"pipeline monitor: {error}", file=sys.stderr)
+        return 1
+    doc = json.loads(Path(decision["result"]).read_text())
+    doc["airflow"] = airflow
+    if args.json:
+        print(json.dumps(doc, allow_nan=False))
+        return 0
+    meta = doc.get("meta") or {}
+    print(f"{meta.get('model_name')} v{meta.get('model_version')}: {doc['n_current']:,} rows - {doc['drift_reason']}")
+    for name, f in {**doc["features"], **doc["predictions"]}.items():
+        effect = "-" if f.get("effect_size") is None else f"{f['effect_size']:.3f}"
+        print(f"  {'DRIFT' if f['drift'] else 'ok   '} {name:<28} {f['test']:<15} effect {effect:>7} (>= {f['threshold']:g})")
+    print(f"Retraining: {'triggered' if doc['retraining_triggered'] else 'no'} - {doc['reason']}")
+    print(f"DAG run:    {summary['dag_run_id']} ({summary['state']})")
+    if meta.get("report"):
+        print(f"Report:     {meta['report']}")
+    return 0
+
+
+def _direct(args: argparse.Namespace) -> int:
     from pipeline.monitoring.monitor import MonitorConfig, read_table, run_monitor
     from pipeline.monitoring.request_log import read_request_log
 
