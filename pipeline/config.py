@@ -19,6 +19,7 @@ DEFAULT_CONFIG = REPO_ROOT / "conf" / "penguins.yaml"
 TASKS = ("classification", "regression")
 SPLIT_STRATEGIES = ("stratified", "random", "hash", "time")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+PROMOTION_RULES = ("manual", "immediate")
 
 
 class ConfigError(ValueError):
@@ -66,7 +67,7 @@ class GateConfig:
     """When a candidate is *blessed*: every threshold met, and ``metric`` no worse than the champion's by more
     than ``max_regression`` (for error metrics such as ``rmse`` lower is better; see ``pipeline.evaluate``)."""
 
-    metric: str = "accuracy"
+    metric: str | None = None   # None: accuracy for classification, rmse for regression
     thresholds: Mapping[str, float] = field(default_factory=dict)
     max_regression: float = 0.02
 
@@ -74,6 +75,28 @@ class GateConfig:
 @dataclass(frozen=True)
 class ServingConfig:
     model_name: str = "model"
+
+
+@dataclass(frozen=True)
+class DeployConfig:
+    """How a blessed version reaches the serving directory (``pipeline.deploy``, docs/deployment.md).
+
+    ``tf_serving_rest_url``/``tf_serving_grpc_target``/``tf_serving_model_base_path`` name a real TensorFlow
+    Serving to validate candidates against instead of our sandboxed server: the candidate is copied into that
+    base path (which the server must poll) and checked over its REST and gRPC ports."""
+
+    latency_budget_ms: float = 500.0      # p99 of single-row predicts (REST and gRPC) in the sandbox
+    latency_requests: int = 50            # single-row requests per API for the p99
+    max_abs_diff: float = 1e-5            # served answers vs the evaluation stage's predictions
+    keep_versions: int = 5                # retention: the newest N versions stay on disk (plus the aliased)
+    canary: bool = False                  # publish new versions as `challenger` (label canary), not champion
+    promotion_rule: str = "manual"        # canary -> stable: manual (`pipeline promote`) | immediate
+    allow_signature_change: bool = False  # let a candidate change the champion's serving signature
+    warmup_rows: int = 5                  # rows of the test split written as warmup requests
+    ready_timeout_s: float = 300.0        # how long the validation server may take to load the candidate
+    tf_serving_rest_url: str | None = None
+    tf_serving_grpc_target: str | None = None
+    tf_serving_model_base_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +111,7 @@ class PipelineConfig:
     training: TrainingConfig = TrainingConfig()
     gate: GateConfig = GateConfig()
     serving: ServingConfig = ServingConfig()
+    deploy: DeployConfig = DeployConfig()
     # The drift monitor's section, read by pipeline.monitoring.monitor.MonitorConfig (kept as plain data here).
     monitoring: Mapping[str, Any] = field(default_factory=dict)
 
@@ -141,7 +165,7 @@ def from_dict(raw: Mapping[str, Any]) -> PipelineConfig:
     """Build and check a :class:`PipelineConfig` from plain data (parsed YAML, Airflow params)."""
     if not isinstance(raw, Mapping):
         raise ConfigError("the config must be a mapping at top level")
-    top = {"name", "source", "label", "task", "features", "split", "model", "training", "gate", "serving", "monitoring"}
+    top = {"name", "source", "label", "task", "features", "split", "model", "training", "gate", "serving", "deploy", "monitoring"}
     unknown = sorted(set(raw) - top)
     if unknown:
         raise ConfigError(f"unknown top-level config key(s): {', '.join(unknown)}")
@@ -168,6 +192,7 @@ def from_dict(raw: Mapping[str, Any]) -> PipelineConfig:
         training=_section(TrainingConfig, raw.get("training"), "training"),
         gate=_section(GateConfig, gate_raw, "gate"),
         serving=_section(ServingConfig, serving_raw, "serving"),
+        deploy=_section(DeployConfig, raw.get("deploy"), "deploy"),
         monitoring=dict(raw.get("monitoring") or {}),
     )
     _check(cfg)
@@ -201,6 +226,15 @@ def _check(cfg: PipelineConfig) -> None:
         raise ConfigError(f"feature(s) listed as both numeric and categorical: {', '.join(sorted(overlap))}")
     if cfg.label in set(cfg.features.numeric) | set(cfg.features.categorical):
         raise ConfigError(f"the label {cfg.label!r} is also listed as a feature")
+    d = cfg.deploy
+    if d.promotion_rule not in PROMOTION_RULES:
+        raise ConfigError(f"deploy.promotion_rule must be one of {PROMOTION_RULES}, got {d.promotion_rule!r}")
+    if d.keep_versions < 1 or d.latency_requests < 1 or d.warmup_rows < 0:
+        raise ConfigError("deploy.keep_versions and deploy.latency_requests must be >= 1, deploy.warmup_rows >= 0")
+    if not d.latency_budget_ms > 0 or not d.max_abs_diff >= 0:
+        raise ConfigError("deploy.latency_budget_ms must be > 0 and deploy.max_abs_diff >= 0")
+    if bool(d.tf_serving_rest_url) != bool(d.tf_serving_model_base_path):
+        raise ConfigError("deploy.tf_serving_rest_url and deploy.tf_serving_model_base_path go together")
     if not cfg.serving.model_name or "/" in cfg.serving.model_name:
         raise ConfigError(f"serving.model_name must be a non-empty name without '/', got {cfg.serving.model_name!r}")
 

@@ -75,8 +75,19 @@ def _worse_by(metric: str, candidate: float, reference: float) -> float:
     return candidate - reference if metric in LOWER_IS_BETTER else reference - candidate
 
 
+DEFAULT_GATE_METRIC = {"classification": "accuracy", "regression": "rmse"}
+
+
+def resolve_gate(gate: GateConfig, task: str) -> GateConfig:
+    """The gate with its metric decided: the configured one, or the task's default."""
+    import dataclasses
+
+    return gate if gate.metric else dataclasses.replace(gate, metric=DEFAULT_GATE_METRIC[task])
+
+
 def decide_blessing(candidate: dict[str, float], gate: GateConfig, champion: dict[str, float] | None) -> GateDecision:
-    """Apply the absolute thresholds, then the no-regression rule against the champion (if there is one)."""
+    """Apply the absolute thresholds, then the no-regression rule against the champion (if there is one).
+    ``gate.metric`` must be resolved (:func:`resolve_gate`)."""
     reasons, ok = [], True
     for metric, threshold in gate.thresholds.items():
         if metric not in candidate:

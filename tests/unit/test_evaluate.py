@@ -49,3 +49,12 @@ def test_gate_for_error_metrics_prefers_lower():
 def test_gate_metric_not_computed():
     decision = decide_blessing({"rmse": 1.0}, GATE, None)
     assert not decision.blessed and any("not computed" in r for r in decision.reasons)
+
+
+def test_default_gate_metric_follows_the_task():
+    from pipeline.evaluate import resolve_gate
+
+    assert resolve_gate(GateConfig(), "classification").metric == "accuracy"
+    assert resolve_gate(GateConfig(), "regression").metric == "rmse"
+    assert resolve_gate(GATE, "regression").metric == "accuracy"  # a configured metric is kept
+    assert decide_blessing({"rmse": 3.0}, resolve_gate(GateConfig(), "regression"), {"rmse": 2.0}).blessed is False
