@@ -1,13 +1,14 @@
 """
 ### Training pipeline
 
-Ingest → validate → split → preprocess → train → evaluate → export → register, on the data and model named in
-the config (`conf/penguins.yaml` by default). Every stage is a plain function in `pipeline/`; each task only
+Ingest → validate → split → preprocess → train → evaluate → export → register → deploy, on the data and model
+named in the config (`conf/penguins.yaml` by default). Every stage is a plain function in `pipeline/`; each task only
 loads the config, calls it inside the stage's MLflow run and hands the next task paths and ids.
 
-The candidate is registered in MLflow; it becomes `champion` and is published to the serving directory only when
-the evaluation gate blesses it. Runs on its own timetable and whenever the drift monitor emits
-`training_data_drift`.
+The candidate is registered in MLflow; only when the evaluation gate blesses it does `deploy` serve it in a
+sandbox, check its answers and latency, publish it to the serving directory and move `champion` (or `challenger`
+in canary mode) and `models.config` (docs/deployment.md). Runs on its own timetable and whenever the drift
+monitor emits `training_data_drift`.
 """
 from __future__ import annotations
 
@@ -109,6 +110,18 @@ def training_pipeline():
 
         return register_task(*_ctx(), ingested, evaluated, exported)
 
+    @task
+    def deploy(exported: dict, registered: dict) -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipeline.deploy import DeployError
+        from pipeline.tasks import deploy_task
+
+        try:
+            return deploy_task(*_ctx(), exported, registered)
+        except DeployError as exc:  # a refused candidate stays refused: retrying would only repeat the checks
+            raise AirflowFailException(str(exc)) from exc
+
     ingested = ingest()
     validated = validate(ingested)
     splits = split(ingested, validated)
@@ -116,7 +129,8 @@ def training_pipeline():
     trained = train(splits, preprocessed)
     evaluated = evaluate(splits, preprocessed, trained)
     exported = export(ingested, validated, splits, preprocessed, trained, evaluated)
-    register(ingested, evaluated, exported)
+    registered = register(ingested, evaluated, exported)
+    deploy(exported, registered)
 
 
 training_pipeline()

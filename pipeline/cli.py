@@ -14,6 +14,10 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "serve": ("pipeline.serving.__main__", "main", "TensorFlow Serving-compatible model server"),
     "monitor": ("pipeline.commands.monitor", "main", "drift of served traffic against the training data"),
     "airflow": ("pipeline.commands.airflow_ui", "main", "Airflow scheduler and UI on the embedded defaults"),
+    "deploy": ("pipeline.commands.deploy", "deploy_main", "validate a blessed version in a sandbox and publish it"),
+    "promote": ("pipeline.commands.deploy", "promote_main", "promote the canary (challenger) to stable (champion)"),
+    "rollback": ("pipeline.commands.deploy", "rollback_main", "move the champion back to the previous version"),
+    "lineage": ("pipeline.commands.deploy", "lineage_main", "where a served version comes from"),
 }
 
 

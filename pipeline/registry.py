@@ -11,7 +11,10 @@ from pipeline.tracking import client
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
-CHAMPION, PREVIOUS = "champion", "previous"
+CHAMPION, PREVIOUS, CHALLENGER = "champion", "previous", "challenger"
+SERVED_ALIASES = (CHAMPION, PREVIOUS, CHALLENGER)
+EVENTS_TAG = "deploy.events"  # JSON list of what moved an alias onto this version, by whom, when, why
+MAX_EVENTS = 20
 
 
 def version_by_alias(model_name: str, alias: str) -> "ModelVersion | None":
@@ -55,3 +58,50 @@ def promote(model_name: str, version: int | str) -> int | None:
         c.set_registered_model_alias(model_name, PREVIOUS, current.version)
     c.set_registered_model_alias(model_name, CHAMPION, str(version))
     return int(current.version) if current is not None else None
+
+
+def served_aliases(model_name: str) -> dict[str, int]:
+    """The aliases that decide what is served (``champion``, ``previous``, ``challenger``) and their versions."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        aliases = client().get_registered_model(model_name).aliases
+    except MlflowException:
+        return {}
+    return {alias: int(version) for alias, version in aliases.items() if alias in SERVED_ALIASES}
+
+
+def set_aliases(model_name: str, aliases: dict[str, int | None]) -> None:
+    """Point each alias at its version, or delete it (``None``)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    for alias, version in aliases.items():
+        if version is None:
+            try:
+                c.delete_registered_model_alias(model_name, alias)
+            except MlflowException:
+                pass  # already absent
+        else:
+            c.set_registered_model_alias(model_name, alias, str(version))
+
+
+def record_event(model_name: str, version: int | str, event: dict) -> None:
+    """Append ``event`` (action, alias, by, at, reason...) to the version's ``deploy.events`` tag."""
+    import json
+
+    c = client()
+    mv = c.get_model_version(model_name, str(version))
+    events = json.loads(mv.tags.get(EVENTS_TAG) or "[]")
+    events = (events + [event])[-MAX_EVENTS:]
+    text = json.dumps(events)
+    while len(text) > 5000 and len(events) > 1:  # MLflow's tag value limit
+        events = events[1:]
+        text = json.dumps(events)
+    c.set_model_version_tag(model_name, str(version), EVENTS_TAG, text)
+
+
+def version_events(model_name: str, version: int | str) -> list[dict]:
+    import json
+
+    return json.loads(client().get_model_version(model_name, str(version)).tags.get(EVENTS_TAG) or "[]")

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 from pipeline import paths
 from pipeline.config import PipelineConfig, from_dict, load_config
 
-STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register")
+STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register", "deploy")
 # Params of the trigger form that override dotted config keys (see dags/training_pipeline.py).
 PARAM_OVERRIDES = {
     "source": "source", "label": "label", "model_name": "serving.model_name", "epochs": "training.epochs",
@@ -315,12 +315,9 @@ def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[st
 
 def register_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[str, Any],
                   evaluated: Mapping[str, Any], exported: Mapping[str, Any]) -> dict[str, Any]:
-    import shutil
-
     import mlflow
 
-    from pipeline import registry, tracking
-    from pipeline.export import METADATA_FILE, publish
+    from pipeline import tracking
 
     cfg = load_run_config(params)
     name = cfg.serving.model_name
@@ -333,26 +330,31 @@ def register_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[
             "airflow.dag_id": ctx.dag_id, "airflow.run_id": ctx.run_id, "dataset_digest": ingested["digest"],
             "blessed": str(evaluated["blessed"]).lower(), "mlflow_parent_run_id": parent})
         version = int(mv.version)
-        published = None
-        staging = Path(exported["staging"])
-        if evaluated["blessed"]:
-            if staging.exists():
-                meta_file = staging / "assets.extra" / METADATA_FILE
-                meta_file.write_text(json.dumps({**json.loads(meta_file.read_text()), "version": version}, indent=2))
-                published = str(publish(staging, paths.serving_base() / name, version))
-            else:  # retried after publishing: the version directory is already in place
-                published = str(paths.serving_base() / name / str(version))
-            previous = registry.promote(name, version)
-            mlflow.log_params({"previous_champion": previous})
-        else:
-            # Registered for comparison in the MLflow UI, never published where a server would load it.
-            shutil.rmtree(staging, ignore_errors=True)
-        champion = registry.version_by_alias(name, registry.CHAMPION)
-        mlflow.log_params({"registered_model": name, "version": version, "published": published})
+        # Publishing and the aliases are the deploy task's: registering never changes what is served.
+        mlflow.log_params({"registered_model": name, "version": version})
         mlflow.set_tags({"blessed": str(evaluated["blessed"]).lower(), "model_version": str(version)})
     with mlflow.start_run(run_id=parent):
         mlflow.log_metrics({f"test_{k}": v for k, v in evaluated["metric"].items() if v is not None})
         mlflow.set_tags({"model_version": str(version), "blessed": str(evaluated["blessed"]).lower()})
-    tracking.finish_parent(parent)
-    return {"parent_run_id": parent, "model_name": name, "version": version, "blessed": evaluated["blessed"],
-            "published": published, "champion": int(champion.version) if champion else None}
+    return {"parent_run_id": parent, "model_name": name, "version": version, "blessed": evaluated["blessed"]}
+
+
+def deploy_task(params: Mapping[str, Any], ctx: RunContext, exported: Mapping[str, Any],
+                registered: Mapping[str, Any]) -> dict[str, Any]:
+    """Deploy the registered version if it is blessed (``pipeline.deploy``); an unblessed one is only dropped
+    from staging. The DAG run's MLflow run is finished here, the last stage."""
+    import shutil
+
+    from pipeline import deploy, registry
+
+    cfg = load_run_config(params)
+    name, version, parent = registered["model_name"], registered["version"], registered["parent_run_id"]
+    staging = Path(exported["staging"])
+    if not registered["blessed"]:
+        shutil.rmtree(staging, ignore_errors=True)  # registered for comparison, never where a server looks
+    # A retry finds the staging copy (kept when a deploy fails) or the published directory.
+    source = staging if staging.exists() else registry.saved_model_dir(name, version)
+    result = deploy.run_deploy_stage(cfg.deploy, parent, name, version, source, blessed=registered["blessed"],
+                                     reason=f"blessed by {ctx.dag_id} run {ctx.run_id}")
+    shutil.rmtree(staging, ignore_errors=True)
+    return {"parent_run_id": parent, **result}

@@ -11,7 +11,7 @@ import json
 import sys
 
 DAG_ID = "training_pipeline"
-STAGE_ORDER = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register")
+STAGE_ORDER = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register", "deploy")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -100,9 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"MLflow run:       {parent or '-'}")
     if reg:
         print(f"Registered model: {reg['model_name']} version {reg['version']}")
-        print(f"Blessed:          {'yes' if reg['blessed'] else 'no'}"
-              f"{' -> published to ' + reg['published'] if reg.get('published') else ''}")
-        print(f"Champion:         version {reg['champion']}")
+        print(f"Blessed:          {'yes' if reg['blessed'] else 'no'}")
+        dep = summary.get("deploy") or {}
+        if dep.get("deployed"):
+            print(f"Deployed:         {dep['published']} (label {dep['label']})")
+        elif dep:
+            print(f"Deployed:         no ({dep.get('reason')})")
+        from pipeline.registry import served_aliases
+
+        aliases = served_aliases(reg["model_name"])
+        print(f"Champion:         version {aliases.get('champion', '-')}"
+              f"{'; canary: version ' + str(aliases['challenger']) if 'challenger' in aliases else ''}")
     if summary["failed_tasks"]:
         not_run = f" (not run: {', '.join(summary['not_run_tasks'])})" if summary["not_run_tasks"] else ""
         print(f"Failed tasks:     {', '.join(summary['failed_tasks'])}{not_run}", flush=True)

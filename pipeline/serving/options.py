@@ -11,6 +11,8 @@ from typing import Any
 from pipeline.paths import request_log_dir, serving_base
 
 DEFAULT_MONITORING_PATH = "/monitoring/prometheus/metrics"
+GENERATED_CONFIG = "models.config"  # under the serving base, written by pipeline.deploy
+GENERATED_CONFIG_POLL_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -218,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pipeline serve",
         description="TensorFlow Serving-compatible model server (REST and gRPC). Without model flags it serves "
-                    f"every model directory under the serving base ({serving_base()}).")
+                    f"the generated {GENERATED_CONFIG} of the serving base ({serving_base()}) when there is one, "
+                    "else every model directory under that base.")
     flag = parser.add_argument
     flag("--port", type=int, default=8500, help="gRPC port (0 = off)")
     flag("--rest_api_port", type=int, default=8501, help="REST port (0 = off)")
@@ -226,8 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--model_name", default=None, help="name of the model (with --model_base_path)")
     flag("--model_base_path", default=None, help="directory of numeric version subdirectories")
     flag("--model_config_file", default=None, help="text-format ModelServerConfig (models.config)")
-    flag("--model_config_file_poll_wait_seconds", type=float, default=0.0,
-         help="re-read --model_config_file this often (0 = read once)")
+    flag("--model_config_file_poll_wait_seconds", type=float, default=None,
+         help="re-read --model_config_file this often (0 = read once; default 0, or "
+              f"{GENERATED_CONFIG_POLL_S:g} for the generated serving/models.config)")
     flag("--file_system_poll_wait_seconds", type=float, default=1.0,
          help="look for new/removed versions this often (0 = once at start, <0 = never)")
     flag("--enable_batching", type=_bool, nargs="?", const=True, default=False)
@@ -271,6 +275,12 @@ def parse_args(argv: list[str]) -> ServerOptions:
         models = parse_model_server_config(config_file.read_text())
     elif args.model_base_path:
         models = (ModelConfig(args.model_name, Path(args.model_base_path).resolve()),)
+    elif (serving_base() / GENERATED_CONFIG).is_file():
+        # Written by `pipeline deploy` from the registry aliases: serve what they say, follow their changes.
+        config_file = serving_base() / GENERATED_CONFIG
+        models = parse_model_server_config(config_file.read_text())
+        if args.model_config_file_poll_wait_seconds is None:
+            args.model_config_file_poll_wait_seconds = GENERATED_CONFIG_POLL_S
     else:
         serve_base = serving_base()
         models = discover_models(serve_base)
@@ -281,7 +291,7 @@ def parse_args(argv: list[str]) -> ServerOptions:
         models=models,
         serve_base=serve_base,
         model_config_file=config_file,
-        model_config_poll_s=args.model_config_file_poll_wait_seconds,
+        model_config_poll_s=args.model_config_file_poll_wait_seconds or 0.0,
         file_system_poll_s=args.file_system_poll_wait_seconds,
         batching=read_batching_parameters(args.batching_parameters_file) if args.enable_batching else None,
         monitoring_path=read_monitoring_config(args.monitoring_config_file),

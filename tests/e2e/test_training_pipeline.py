@@ -15,7 +15,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-STAGES = {"ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register"}
+STAGES = {"ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register", "deploy"}
 BIN = Path(sys.executable).parent
 
 
@@ -194,6 +194,6 @@ def test_bad_input_through_airflow_exits_nonzero(first_run, home, tmp_path):
     result = run_train(home, "--source", str(bad), "--label", "species", "--model-name", "penguins")
     assert result.returncode != 0
     assert f"{bad}: file has a header but no rows" in result.stdout
-    assert "Failed tasks:     ingest (not run: validate, split, preprocess, train, evaluate, export, register)" in result.stdout
+    assert "Failed tasks:     ingest (not run: validate, split, preprocess, train, evaluate, export, register, deploy)" in result.stdout
     assert "MLflow run:       -" not in result.stdout
     assert _serving_state(home) == before

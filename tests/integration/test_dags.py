@@ -14,6 +14,7 @@ TRAINING_EDGES = {
     ("preprocess", "evaluate"), ("train", "evaluate"), ("evaluate", "export"), ("train", "export"),
     ("preprocess", "export"), ("split", "export"), ("validate", "export"), ("ingest", "export"),
     ("export", "register"), ("evaluate", "register"), ("ingest", "register"),
+    ("export", "deploy"), ("register", "deploy"),
 }
 
 
@@ -37,7 +38,8 @@ def test_dagbag_has_no_import_errors_and_expected_graph(pipeline_home):
         pipeline_home)
     assert result["errors"] == {}
     assert "training_pipeline" in result["dags"]
-    assert result["tasks"] == sorted(["ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register"])
+    assert result["tasks"] == sorted(["ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register",
+                                       "deploy"])
     assert {tuple(e) for e in result["edges"]} == TRAINING_EDGES
     assert result["retries"]["train"] == 2
     assert {"config", "source", "label", "model_name", "epochs"} <= set(result["params"])

@@ -69,13 +69,15 @@ def test_pipeline_tracks_and_registers_through_a_tracking_server(tracking_server
     e = T.evaluate_task(p, ctx, s, pp, tr)
     x = T.export_task(p, ctx, i, v, s, pp, tr, e)
     r = T.register_task(p, ctx, i, e, x)
+    d = T.deploy_task(p, ctx, x, r)  # publishing and the aliases are the deploy stage's
+    assert d["deployed"] and d["aliases"]["champion"] == r["version"]
 
     c = client()
     assert c.tracking_uri == url
     assert str(c.get_model_version_by_alias("penguins", "champion").version) == str(r["version"])
     children = c.search_runs([c.get_experiment_by_name("penguins").experiment_id],
                              filter_string=f"tags.`mlflow.parentRunId` = '{r['parent_run_id']}'")
-    assert len(children) == 8
+    assert len(children) == 9
     evaluate = next(ch for ch in children if ch.data.tags["pipeline.stage"] == "evaluate")
     assert "confusion_matrix.png" in {a.path for a in c.list_artifacts(evaluate.info.run_id)}
     # The artifacts went through the server into its artifact destination, not into the local PIPELINE_HOME.
