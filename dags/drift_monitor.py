@@ -66,7 +66,9 @@ def _run():
 def drift_monitor():
     @task
     def resolve_window() -> dict:
-        from pipeline.monitoring.tasks import resolve_task
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipeline.monitoring.tasks import MonitorInputError, resolve_task
 
         context, params, dag_run = _run()
         end = context.get("data_interval_end") or context.get("logical_date") or dag_run.run_after
@@ -74,7 +76,10 @@ def drift_monitor():
             previous_end = getattr(context.get("prev_data_interval_end_success"), "__wrapped__", None)
         except AttributeError:
             previous_end = None
-        return resolve_task(params, dag_run.run_id, end, previous_end)
+        try:
+            return resolve_task(params, dag_run.run_id, end, previous_end)
+        except MonitorInputError as exc:  # no model or window to look at: a retry would find none either
+            raise AirflowFailException(str(exc)) from exc
 
     @task
     def analyse(resolved: dict) -> dict:
