@@ -72,10 +72,10 @@ def fake_version(home: Path, model: str, version: int, train: pd.DataFrame) -> P
 
 
 def pipeline_env(home: Path, **extra: str) -> dict[str, str]:
-    env = {**os.environ, "PIPELINE_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **extra}
+    env = {**os.environ, "PIPELINE_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     for var in ("AIRFLOW_HOME", "MLFLOW_TRACKING_URI", "PIPELINE_SERVING_BASE"):
         env.pop(var, None)
-    return env
+    return {**env, **extra}
 
 
 def run_pipeline(env: dict[str, str], *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
