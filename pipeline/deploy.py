@@ -243,6 +243,8 @@ def write_models_config(model_name: str, aliases: Mapping[str, int]) -> Path:
     model_dir = paths.serving_base() / model_name
     existing = path.read_text() if path.is_file() else None
     text = render_models_config(existing, model_name, model_dir, aliases, version_dirs(model_dir))
+    if text == existing:
+        return path  # unchanged: servers polling the file have nothing to re-read
     try:
         return write_atomic(path, text)
     except OSError as exc:
