@@ -130,7 +130,8 @@ def test_cli_monitor_json_on_a_file_and_on_the_request_log(tmp_path, lineage_pat
     current = tmp_path / "current.parquet"
     _penguins(800, seed=7, shift=5.0).drop(columns=["species"]).to_parquet(current)
     assert (
-        main(["monitor", "--model-name", "penguins", "--current", str(current), "--json", "--no-mlflow"]) == 0
+        main(["monitor", "--direct", "--model-name", "penguins", "--current", str(current), "--json", "--no-mlflow"])
+        == 0
     )
     doc = json.loads(capsys.readouterr().out)
     assert doc["features"]["bill_length_mm"]["drift"] and doc["retraining_triggered"] is False
@@ -155,12 +156,12 @@ def test_cli_monitor_json_on_a_file_and_on_the_request_log(tmp_path, lineage_pat
         for i, (b, s) in enumerate(zip(rows["bill_length_mm"], rows["island"]))
     ]
     (log_dir / f"{now:%H}-1.jsonl").write_text("\n".join(lines) + "\n")
-    assert main(["monitor", "--model-name", "penguins", "--json", "--no-mlflow"]) == 0
+    assert main(["monitor", "--direct", "--model-name", "penguins", "--json", "--no-mlflow"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["n_current"] == 300 and not doc["dataset_drift"] and doc["new_columns"] == []
     assert (tmp_path / "home" / "monitoring" / "state" / "penguins.json").exists()
     # the next run starts where this one ended: nothing new, skipped
-    assert main(["monitor", "--model-name", "penguins", "--json", "--no-mlflow"]) == 0
+    assert main(["monitor", "--direct", "--model-name", "penguins", "--json", "--no-mlflow"]) == 0
     assert json.loads(capsys.readouterr().out)["skipped"] is True
 
 
@@ -169,7 +170,7 @@ def test_cli_monitor_bad_input(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setenv("PIPELINE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("PIPELINE_SERVING_BASE", str(tmp_path / "serving"))
-    assert main(["monitor", "--model-name", "nope", "--current", str(tmp_path / "missing.csv")]) == 2
+    assert main(["monitor", "--direct", "--model-name", "nope", "--current", str(tmp_path / "missing.csv")]) == 2
     (tmp_path / "c.csv").write_text("x\n1\n")
-    assert main(["monitor", "--model-name", "nope", "--current", str(tmp_path / "c.csv")]) == 2
+    assert main(["monitor", "--direct", "--model-name", "nope", "--current", str(tmp_path / "c.csv")]) == 2
     assert "no exported version" in capsys.readouterr().err
