@@ -103,6 +103,11 @@ def ingest_task(params: Mapping[str, Any], ctx: RunContext,
         dataset = mlflow.data.from_pandas(df, source=snap.source, name=cfg.name, targets=cfg.label
                                           if cfg.label in df.columns else None, digest=snap.digest[:16])
         mlflow.log_input(dataset, context="training")
+        # On the parent run too, so the runs table shows which data each DAG run trained on.
+        from mlflow.entities import DatasetInput, InputTag
+
+        tracking.client().log_inputs(parent, datasets=[DatasetInput(dataset._to_mlflow_entity(),
+                                                                    [InputTag("mlflow.data.context", "training")])])
         mlflow.log_metrics({"rows": snap.rows, "columns": len(snap.columns)})
         mlflow.log_params({"snapshot": snap.path, "digest": snap.digest})
     return {"parent_run_id": parent, "snapshot": snap.path, "digest": snap.digest, "rows": snap.rows,
@@ -237,11 +242,12 @@ def evaluate_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[st
                 champion_note = f"champion v{champion_version} scored on the same test split"
             except (ExportError, KeyError, ValueError) as exc:
                 champion_note = f"champion v{champion_version} could not be scored on this data: {exc}"
-        decision = ev.decide_blessing(metrics, cfg.gate, champion_metrics)
+        gate = ev.resolve_gate(cfg.gate, spec.task)
+        decision = ev.decide_blessing(metrics, gate, champion_metrics)
         mlflow.log_metrics(metrics)
         if champion_metrics:
             mlflow.log_metrics({f"champion_{k}": v for k, v in champion_metrics.items()})
-        mlflow.log_params({"champion": champion_note, "gate_metric": cfg.gate.metric})
+        mlflow.log_params({"champion": champion_note, "gate_metric": gate.metric})
         mlflow.set_tag("blessed", str(decision.blessed).lower())
         mlflow.log_dict(decision.to_dict(), "gate_decision.json")
         if spec.task == "classification":
@@ -256,7 +262,7 @@ def evaluate_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[st
         for reason in decision.reasons:
             print(f"evaluate: {reason}")
     return {"parent_run_id": splits["parent_run_id"], "blessed": decision.blessed,
-            "metric": {cfg.gate.metric: metrics.get(cfg.gate.metric)}, "champion_version": champion_version,
+            "metric": {gate.metric: metrics.get(gate.metric)}, "champion_version": champion_version,
             "metrics_file": str(out_dir / "metrics.json"), "predictions": str(out_dir / "predictions.npy")}
 
 

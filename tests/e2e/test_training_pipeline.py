@@ -3,10 +3,6 @@ MLflow store, then the bad-input cases against the champion it produced."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,22 +12,6 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 STAGES = {"ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register", "deploy"}
-BIN = Path(sys.executable).parent
-
-
-def run_train(home: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PIPELINE_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    for var in ("AIRFLOW_HOME", "MLFLOW_TRACKING_URI", "PIPELINE_SERVING_BASE"):
-        env.pop(var, None)
-    proc = subprocess.Popen([str(BIN / "pipeline"), "train", *args], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:  # stop the whole group we started, Airflow's children included
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +20,7 @@ def home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def first_run(home):
+def first_run(home, run_train):
     result = run_train(home, "--epochs", "60")
     assert result.returncode == 0, result.stdout[-5000:]
     return result
@@ -114,7 +94,7 @@ def test_exported_savedmodel_answers_raw_rows_like_the_trained_model(first_run, 
     assert accuracy >= 0.90
 
 
-def test_second_run_registers_a_new_version_compared_with_the_champion(first_run, home, mlflow_client):
+def test_second_run_registers_a_new_version_compared_with_the_champion(first_run, home, mlflow_client, run_train):
     result = run_train(home, "--epochs", "60")
     assert result.returncode == 0, result.stdout[-5000:]
     assert _line(result.stdout, "Registered model") == "penguins version 2"
@@ -187,7 +167,7 @@ def test_bad_input_fails_early_and_touches_nothing(case, first_run, home, tmp_pa
     assert message in failed[0].data.tags["pipeline.error"]
 
 
-def test_bad_input_through_airflow_exits_nonzero(first_run, home, tmp_path):
+def test_bad_input_through_airflow_exits_nonzero(first_run, home, tmp_path, run_train):
     bad = tmp_path / "header.csv"
     bad.write_text("species,island,bill_length_mm\n")
     before = _serving_state(home)
