@@ -141,7 +141,7 @@ FAULTS = {
         r"failed to load in the validation server: INVALID_ARGUMENT: Failed to warm up model penguins version \d+: "
         r"Expects arg\[0\] to be string but float is provided"),
     "wrong_answers": (lambda reg, t: reg.export(t["v2"], answers=expected(2) + 1e-3), DeployConfig(),
-                      r"REST answers differ from the evaluation's predictions by 0.001 \(> 1e-05\)"),
+                      r"REST answers differ from the evaluation's predictions by 0.001 \(> 1e-05 \+ 4 float32 ulps\)"),
     "over_latency_budget": (lambda reg, t: reg.export(t["v2"], answers=2), DeployConfig(latency_budget_ms=1e-6),
                             r"p99 latency of (REST|GRPC) predicts is .* ms, over the budget of 1e-06 ms"),
 }
@@ -180,9 +180,9 @@ def test_unwritable_serving_directory_through_the_stage(reg, pipeline_home, temp
             raise PermissionError(13, "Permission denied", str(kwargs["dir"]))
         return real_mkdtemp(*args, **kwargs)
 
-    monkeypatch.setattr(deploy.tempfile, "mkdtemp", refuse)
-    with pytest.raises(deploy.DeployError, match=f"serving directory {reg.model_dir} is not writable"):
+    with monkeypatch.context() as patch, \
+            pytest.raises(deploy.DeployError, match=f"serving directory {reg.model_dir} is not writable"):
+        patch.setattr(deploy.tempfile, "mkdtemp", refuse)
         deploy.run_deploy_stage(DeployConfig(), parent, MODEL, version, staging, blessed=True, reason="test")
-    monkeypatch.undo()
     assert served_state(pipeline_home) == before and reg.aliases() == {"champion": v1}
     assert "is not writable" in reg.deploy_run(parent).data.tags["pipeline.error"]
