@@ -16,7 +16,7 @@ def test_train_on_own_parquet_with_inferred_regression(tmp_path, penguins, run_t
     source = tmp_path / "mass.parquet"
     data.to_parquet(source)
     home = tmp_path / "home"
-    result = run_train(home, "--source", str(source), "--label", "Body Mass (g)", "--epochs", "40")
+    result = run_train(home, "--source", str(source), "--label", "Body Mass (g)", "--epochs", "80")
     assert result.returncode == 0, result.stdout[-5000:]
     assert "Registered model: mass version 1" in result.stdout
 
@@ -38,5 +38,6 @@ def test_train_on_own_parquet_with_inferred_regression(tmp_path, penguins, run_t
              island=tf.constant(rows["island"].fillna(MISSING_CATEGORY).astype(str)),
              sex=tf.constant(rows["sex"].fillna(MISSING_CATEGORY).astype(str)))["value"].numpy()
     error = np.abs(out - rows["Body Mass (g)"].to_numpy())
-    assert error.mean() < 0.5 * rows["Body Mass (g)"].std(), "the model learned, and answers in grams"
-    assert meta["metrics"]["rmse"] > 0 and "r2" in meta["metrics"]
+    spread = np.abs(data["Body Mass (g)"] - data["Body Mass (g)"].mean()).mean()  # predicting the mean
+    assert error.mean() < 0.6 * spread, "the model learned, and answers in grams"
+    assert meta["metrics"]["r2"] > 0.5 and meta["metrics"]["rmse"] > 0

@@ -106,6 +106,10 @@ def loop(tmp_path_factory):
     (Path(env["AIRFLOW_HOME"]) / ".db-migrated").write_text(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
     subprocess.run([str(BIN / "airflow"), "dags", "reserialize"], env=env, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
+    # The monitor runs as `pipeline monitor` (dag.test); paused, its runs are never also picked up by the
+    # scheduler, which would race dag.test for the same task instances.
+    subprocess.run([str(BIN / "airflow"), "dags", "pause", "drift_monitor"], env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     logs = home / "test-logs"
     logs.mkdir(parents=True)
     procs: dict[str, subprocess.Popen] = {}
