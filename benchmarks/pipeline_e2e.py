@@ -4,7 +4,7 @@
 
 Both sides run in fresh interpreters (so both pay for importing TensorFlow), with the same config, seed and
 stage functions, and write the same SavedModel. The floor ("plain") is ingest -> validate -> split ->
-preprocess -> train -> evaluate -> export/verify/publish called directly; the framework run is
+preprocess -> train -> evaluate -> export/verify -> deploy checks (sandbox server) -> publish, called directly; the framework run is
 `pipeline train` (a real Airflow DAG run with MLflow tracking and registration). Reported: median wall time
 and the ratio, cold (empty PIPELINE_HOME: Airflow and MLflow databases created) and warm (second run).
 Also the time to import the dags folder beyond importing `airflow.sdk` itself.
@@ -28,17 +28,19 @@ BIN = Path(sys.executable).parent
 
 
 def plain(home: Path, epochs: int) -> None:
-    """The floor: the same stages, called directly, no orchestration, no tracking."""
+    """The floor: the same stages, called directly, no orchestration, no tracking, no registry. The deploy
+stage's checks run too (warmup requests, the candidate served in a sandbox and checked over REST and gRPC)."""
     os.environ["PIPELINE_HOME"] = str(home)
     import pandas as pd
 
     from pipeline import paths
     from pipeline.config import load_config
-    from pipeline.evaluate import classification_metrics, decide_blessing
+    from pipeline.deploy import validate_serving, write_warmup_requests
+    from pipeline.evaluate import classification_metrics, decide_blessing, resolve_gate
     from pipeline.export import predict_keras, publish, write_candidate
     from pipeline.features import FeatureSpec
     from pipeline.ingest import ingest
-    from pipeline.preprocess import build_preprocessor, label_array, save_preprocessor
+    from pipeline.preprocess import build_preprocessor, feature_arrays, label_array, save_preprocessor
     from pipeline.split import split_frame
     from pipeline.train import load_model, train
     from pipeline.validate import validate
@@ -57,10 +59,14 @@ def plain(home: Path, epochs: int) -> None:
     model = load_model(trained.model_path)
     metrics = classification_metrics(label_array(parts["test"], meta), predict_keras(model, parts["test"], meta),
                                      meta.class_names)
-    decision = decide_blessing(metrics, cfg.gate, None)
-    tmp, _ = write_candidate(model, meta, parts["test"], paths.serving_base() / cfg.serving.model_name, {}, result.schema)
-    if decision.blessed:
-        publish(tmp, paths.serving_base() / cfg.serving.model_name, 1)
+    decision = decide_blessing(metrics, resolve_gate(cfg.gate, spec.task), None)
+    name, model_dir = cfg.serving.model_name, paths.serving_base() / cfg.serving.model_name
+    tmp, _ = write_candidate(model, meta, parts["test"], model_dir, {}, result.schema)
+    if decision.blessed:  # the deploy stage's work: warmup file, infra validation in a sandbox server, publish
+        inputs = feature_arrays(parts["test"], spec)
+        write_warmup_requests(tmp, name, inputs, cfg.deploy.warmup_rows)
+        validate_serving(tmp, name, 1, inputs, predict_keras(model, parts["test"], meta), cfg.deploy)
+        publish(tmp, model_dir, 1)
     print(json.dumps({"accuracy": metrics["accuracy"], "epochs_run": trained.epochs_run}))
 
 
@@ -123,9 +129,10 @@ def main() -> None:
         f"(machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}).",
         "",
         "Both sides are fresh interpreters running the same stage functions on penguins with the same seed. The floor "
-        "calls them directly; the framework run is `pipeline train`: a real Airflow DAG run (dag.test, SQLite metadata "
-        "database), MLflow tracking of every stage (SQLite store), the pyfunc model logged, loaded back and registered, "
-        "the champion alias moved. Cold: empty PIPELINE_HOME (Airflow and MLflow databases created); warm: a second run.",
+        "calls them directly (the deploy checks included: warmup file, the candidate served in a sandbox server and "
+        "checked over REST and gRPC, atomic publish); the framework run is `pipeline train`: a real Airflow DAG run "
+        "(dag.test, SQLite metadata database), MLflow tracking of every stage (SQLite store), the pyfunc model logged, "
+        "loaded back and registered, the deploy stage, aliases and models.config. Cold: empty PIPELINE_HOME (Airflow and MLflow databases created); warm: a second run.",
         "",
         "| run | median wall time (s) | runs (s) | ratio to the floor |",
         "|---|---:|---|---:|",
