@@ -29,8 +29,16 @@ def configure() -> str:
     uri = paths.mlflow_tracking_uri()
     if uri.startswith("sqlite:///"):
         paths.mlflow_dir().mkdir(parents=True, exist_ok=True)
+    # mlflow.set_*_uri also write MLFLOW_*_URI into os.environ; left there, the first store a process used
+    # would look like the user's override forever after (a later PIPELINE_HOME would be ignored).
+    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
     return uri
 
 
