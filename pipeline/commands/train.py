@@ -11,7 +11,6 @@ import json
 import sys
 
 DAG_ID = "training_pipeline"
-STAGE_ORDER = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register", "deploy")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -70,7 +69,9 @@ def summarize(dag_run) -> dict:
             out[task_id] = json.loads(value) if isinstance(value, str) else value
         states = dict(session.execute(select(TaskInstance.task_id, TaskInstance.state).where(
             TaskInstance.dag_id == dag_run.dag_id, TaskInstance.run_id == dag_run.run_id)).all())
-    order = [t for t in STAGE_ORDER if t in states] + sorted(set(states) - set(STAGE_ORDER))
+    from pipeline.tasks import STAGES
+
+    order = [t for t in STAGES if t in states] + sorted(set(states) - set(STAGES))
     out["failed_tasks"] = [t for t in order if str(states[t]).endswith("failed") and "upstream" not in str(states[t])]
     out["not_run_tasks"] = [t for t in order if "upstream_failed" in str(states[t])]
     return out
