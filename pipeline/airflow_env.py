@@ -58,3 +58,4 @@ def ensure_db(env: dict[str, str] | None = None) -> None:
     subprocess.run([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env, check=True,
                    stdout=subprocess.DEVNULL)
     marker.write_text(conn)
+

@@ -370,13 +370,18 @@ def free_port() -> int:
 @dataclass
 class SandboxServer:
     """Our server (``python -m pipeline.serving``) on free ports, serving ``base/<model>`` alone, in its own
-    process group so that stopping it stops everything it started. Use as a context manager."""
+    process group so that stopping it stops everything it started. Use as a context manager.
+
+    ``poll_s`` > 0 makes it watch ``base/<model>`` for versions, as TensorFlow Serving does: a standby sandbox
+    (:func:`start_standby`) is started before there is anything to serve."""
 
     base: Path
     model_name: str
     rest_port: int = field(default_factory=free_port)
     grpc_port: int = field(default_factory=free_port)
     proc: subprocess.Popen | None = None
+    poll_s: float = 0.0
+    own_group: bool = True  # False: in the caller's process group, ended with it (and with the caller: Linux)
 
     @property
     def rest_url(self) -> str:
@@ -390,16 +395,21 @@ class SandboxServer:
     def log_path(self) -> Path:
         return self.base / "server.log"
 
-    def __enter__(self) -> "SandboxServer":
+    def start(self) -> "SandboxServer":
         env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
                "PYTHONPATH": os.pathsep.join(filter(None, [str(paths.REPO_ROOT), os.environ.get("PYTHONPATH")]))}
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.serving", "--host", "127.0.0.1", "--port", str(self.grpc_port),
                  "--rest_api_port", str(self.rest_port), "--model_name", self.model_name,
-                 "--model_base_path", str(self.base / self.model_name), "--file_system_poll_wait_seconds", "0"],
-                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                 "--model_base_path", str(self.base / self.model_name),
+                 "--file_system_poll_wait_seconds", str(self.poll_s)],
+                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=self.own_group,
+                preexec_fn=None if self.own_group else _die_with_parent())
         return self
+
+    def __enter__(self) -> "SandboxServer":
+        return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
@@ -411,18 +421,97 @@ class SandboxServer:
         tail = "\n".join(self.log_path.read_text(errors="replace").splitlines()[-15:])
         return f"the validation server exited with status {self.proc.returncode}:\n{tail}"
 
+    def _signal(self, sig: int) -> None:
+        if self.own_group:
+            os.killpg(self.proc.pid, sig)
+        else:
+            self.proc.send_signal(sig)
+
+    def terminate(self) -> None:
+        """SIGTERM, without waiting (:meth:`stop` waits)."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                self._signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop(self) -> None:
         """SIGTERM to our process group, SIGKILL (to the group) if it has not exited after 30 s."""
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
+            self._signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            self._signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
         except ProcessLookupError:
             self.proc.wait(timeout=10)
+
+
+def _die_with_parent():
+    """A ``preexec_fn`` asking Linux to SIGTERM the child when the thread that started it ends, so that a server in
+    the caller's process group does not outlive a killed caller; None where there is no ``prctl``.
+
+    The libc function is looked up here, in the parent, so that the child runs no loader code between fork and
+    exec. Only for servers started from the main thread before other threads exist (``pipeline train``)."""
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+# A sandbox started ahead of the deploy stage, per model name, used at most once (see start_standby).
+_STANDBY: dict[str, SandboxServer] = {}
+
+
+def start_standby(model_name: str) -> SandboxServer:
+    """Start a sandbox server for ``model_name`` now, watching an empty base path, and offer it to the next
+    :func:`validate_serving` of that model in this process.
+
+    ``pipeline train`` runs every task in one process; it calls this before Airflow starts, so that the
+    server imports TensorFlow on the other core while Airflow and the first stages run, and the deploy stage
+    renames the candidate into it instead of waiting for a server to start. The caller stops it
+    (:func:`stop_standby`); an unused or already used one is never used again.
+    """
+    base = Path(tempfile.mkdtemp(prefix="deploy-standby-"))
+    (base / model_name).mkdir()
+    server = SandboxServer(base, model_name, poll_s=0.2, own_group=False).start()
+    _STANDBY[model_name] = server
+    return server
+
+
+def stop_standby(server: SandboxServer) -> None:
+    """Stop a standby sandbox (used or not) and remove its directory."""
+    if _STANDBY.get(server.model_name) is server:
+        del _STANDBY[server.model_name]
+    server.stop()
+    shutil.rmtree(server.base, ignore_errors=True)
+
+
+def _take_standby(model_name: str) -> SandboxServer | None:
+    server = _STANDBY.pop(model_name, None)
+    return server if server is not None and server.alive() is None else None
+
+
+class _StandbyUse:
+    """The candidate renamed into a standby sandbox for one validation; the server is told to stop afterwards
+    (its owner waits for it)."""
+
+    def __init__(self, server: SandboxServer, candidate: Path, version: int):
+        self.server = server
+        incoming = server.base / f".incoming-{uuid.uuid4().hex[:8]}"
+        shutil.copytree(candidate, incoming)
+        incoming.rename(server.base / server.model_name / str(version))  # appears whole to the server's poll
+
+    def __enter__(self) -> SandboxServer:
+        return self.server
+
+    def __exit__(self, *exc) -> None:
+        self.server.terminate()
 
 
 @dataclass
@@ -506,12 +595,15 @@ def validate_serving(candidate: str | Path, model_name: str, version: int, input
             server = RemoteServer(cfg.tf_serving_rest_url.rstrip("/"), cfg.tf_serving_grpc_target,
                                   Path(cfg.tf_serving_model_base_path), model_name, version, Path(candidate))
             report["server"] = cfg.tf_serving_rest_url
+        elif (standby := _take_standby(model_name)) is not None:
+            server = _StandbyUse(standby, Path(candidate), version)
+            report["server"] = "sandbox (started ahead)"
         else:
             base = Path(sandbox)
             shutil.copytree(candidate, base / model_name / str(version))
             server = SandboxServer(base, model_name)
             report["server"] = "sandbox"
-        with server:
+        with server as server:
             wait_available(server, model_name, version, cfg.ready_timeout_s)
             session = requests.Session()
             rest = rest_predict(session, server.rest_url, model_name, version, inputs, output)
@@ -542,6 +634,7 @@ def validate_serving(candidate: str | Path, model_name: str, version: int, input
                         latencies.append(time.perf_counter() - started)
                     report[f"{api}_p99_ms"] = p99(latencies)
             finally:
+                session.close()  # an open keep-alive connection would hold up the server's graceful stop
                 if channel is not None:
                     channel.close()
     for api in ("rest", "grpc"):

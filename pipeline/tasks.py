@@ -195,9 +195,13 @@ def train_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[str, 
     with tracking.stage_run(splits["parent_run_id"], "train"):
         mlflow.log_params({"builder": cfg.model.builder, **{f"model_{k}": v for k, v in cfg.model.params.items()},
                            **{f"training_{k}": v for k, v in cfg.training.__dict__.items()}})
-        result = train(_read_frame(splits["train"]), _read_frame(splits["val"]), preprocessed["preprocessor"],
-                       PreprocessMeta.load(preprocessed["meta"]), cfg.model, cfg.training, ctx.work_dir / "train",
-                       seed=cfg.split.seed, callbacks=[tracking.EpochLogger()])
+        epochs = tracking.EpochLogger()
+        try:
+            result = train(_read_frame(splits["train"]), _read_frame(splits["val"]), preprocessed["preprocessor"],
+                           PreprocessMeta.load(preprocessed["meta"]), cfg.model, cfg.training, ctx.work_dir / "train",
+                           seed=cfg.split.seed, callbacks=[epochs])
+        finally:
+            epochs.flush()  # the epochs of a failed attempt too
         mlflow.log_params({"strategy": result.strategy, "precision_policy": result.precision_policy})
         mlflow.log_metrics({"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                             "resumed_from_epoch": result.resumed_from_epoch})
@@ -273,12 +277,11 @@ def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[st
 
     import mlflow
     import pandas as pd
-    from mlflow.models import infer_signature
 
     from pipeline import tracking
     from pipeline.export import write_candidate
     from pipeline.preprocess import PreprocessMeta, feature_arrays
-    from pipeline.pyfunc import SavedModelPyfunc, pip_requirements
+    from pipeline.pyfunc import log_pyfunc
     from pipeline.train import load_model
 
     cfg = load_run_config(params)
@@ -306,15 +309,8 @@ def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[st
         tmp.rename(staging)
         mlflow.log_metric("export_max_abs_diff", diff)
 
-        example = pd.DataFrame(feature_arrays(test.head(5), spec))
-        model = SavedModelPyfunc()
-        info = mlflow.pyfunc.log_model(name="model", python_model=model, artifacts={"saved_model": str(staging)},
-                                       input_example=example, signature=infer_signature(example),
-                                       pip_requirements=pip_requirements())
-        # Check that what MLflow stored loads and answers like the SavedModel, rather than assume it.
-        reloaded = mlflow.pyfunc.load_model(info.model_uri).predict(example)
-        if len(reloaded) != len(example):
-            raise RuntimeError(f"the logged MLflow model answered {len(reloaded)} rows for {len(example)}")
+        # Raises unless what MLflow stored loads and answers the example (rather than assume it does).
+        info = log_pyfunc(staging, pd.DataFrame(feature_arrays(test.head(5), spec)))
     return {"parent_run_id": splits["parent_run_id"], "staging": str(staging), "model_uri": info.model_uri,
             "max_abs_diff": diff}
 

@@ -156,10 +156,22 @@ def _backup_epoch(backup_dir: Path) -> int:
         return 0
 
 
+_LOADED: dict[tuple, "keras.Model"] = {}
+
+
 def load_model(path: str | Path) -> "keras.Model":
+    """The trained model saved at ``path``. The last one loaded is kept for as long as the file is unchanged
+    (same size and modification time): when the stages run in one process (``pipeline train``), evaluate and
+    export share one load. Callers only predict with it and export it; they must not change it."""
     import keras
 
     from pipeline.preprocess import fill_missing_layer
 
-    fill_missing_layer()
-    return keras.models.load_model(path)
+    stat = Path(path).stat()
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _LOADED:
+        fill_missing_layer()
+        model = keras.models.load_model(path)
+        _LOADED.clear()
+        _LOADED[key] = model
+    return _LOADED[key]

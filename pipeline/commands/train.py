@@ -21,6 +21,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model-name", help="name of the registered and served model")
     p.add_argument("--epochs", type=int, help="override training.epochs")
     p.add_argument("--conf", default="{}", help="extra DAG run params as a JSON object")
+    p.add_argument("--no-early-sandbox", action="store_true",
+                   help="start the deploy stage's validation server when that stage runs, not while Airflow starts")
     args = p.parse_args(argv)
     if args.source and not args.config and not args.label:
         p.error("--source without --config needs --label (the column to predict)")
@@ -87,11 +89,34 @@ def mlflow_parent_run(dag_run_id: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
+def start_early_sandbox(conf: dict):
+    """The deploy stage's validation server, started now so that it loads TensorFlow on another core while
+    Airflow starts and the first stages run (``pipeline.deploy.start_standby``); None when the config names a
+    real TensorFlow Serving to validate against, or cannot be read (the DAG run reports that)."""
+    from pipeline import deploy
+    from pipeline.tasks import load_run_config
+
+    try:
+        cfg = load_run_config(conf)
+    except Exception:
+        return None
+    if cfg.deploy.tf_serving_rest_url:
+        return None
+    return deploy.start_standby(cfg.serving.model_name)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(argv or []))
     conf = run_conf(args)
     print(f"pipeline train: running DAG {DAG_ID} with params {json.dumps(conf)}", flush=True)
-    dag_run = run_dag(DAG_ID, conf)
+    sandbox = None if args.no_early_sandbox else start_early_sandbox(conf)
+    try:
+        dag_run = run_dag(DAG_ID, conf)
+    finally:
+        if sandbox is not None:
+            from pipeline.deploy import stop_standby
+
+            stop_standby(sandbox)
     summary = summarize(dag_run)
     reg = summary.get("register") or {}
     ingest = summary.get("ingest") or {}
@@ -119,4 +144,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    from pipeline.cli import exit_now
+
+    exit_now(main(sys.argv[1:]))

@@ -63,6 +63,36 @@ def test_deploy_validates_publishes_and_moves_the_aliases(reg, pipeline_home, te
     assert "DAG run:          training_pipeline / manual__test_2" in text and "deploy    -> champion" in text
 
 
+def test_a_sandbox_started_ahead_validates_once_and_is_stopped(reg, pipeline_home, templates):
+    """`pipeline train` starts the validation server before Airflow (deploy.start_standby): the deploy stage
+    renames the candidate into it and checks it there, a second deploy starts its own, and stopping it
+    ends the process and removes its directory."""
+    standby = deploy.start_standby(MODEL)
+    try:
+        v1, parent1, first = _stage(reg, templates["v1"])
+        assert first["deployed"] and reg.aliases() == {"champion": v1}
+        report = reg.client.download_artifacts(reg.deploy_run(parent1).info.run_id, "deploy_report.json")
+        assert json.loads(open(report).read())["server"] == "sandbox (started ahead)"
+        assert (standby.base / MODEL / str(v1)).is_dir()  # the candidate it served, beside its log
+        v2, parent2, second = _stage(reg, templates["v2"], answers=2)
+        report = reg.client.download_artifacts(reg.deploy_run(parent2).info.run_id, "deploy_report.json")
+        assert second["deployed"] and json.loads(open(report).read())["server"] == "sandbox"
+    finally:
+        deploy.stop_standby(standby)
+    assert standby.proc.poll() is not None and not standby.base.exists()
+
+
+def test_a_dead_sandbox_started_ahead_is_not_used(reg, pipeline_home, templates):
+    standby = deploy.start_standby(MODEL)
+    standby.stop()
+    try:
+        v1, parent1, first = _stage(reg, templates["v1"])
+        report = reg.client.download_artifacts(reg.deploy_run(parent1).info.run_id, "deploy_report.json")
+        assert first["deployed"] and json.loads(open(report).read())["server"] == "sandbox"
+    finally:
+        deploy.stop_standby(standby)
+
+
 def test_canary_goes_under_its_label_until_promoted_and_retention_spares_the_aliased(reg, pipeline_home, templates):
     v1 = reg.place(templates["v1"], champion=-1)
     canary_cfg = DeployConfig(canary=True, keep_versions=1)
