@@ -42,6 +42,20 @@ def configure() -> str:
     return uri
 
 
+def start_store_init() -> subprocess.Popen | None:
+    """Create the embedded store (SQLite tables, MLflow's migrations) in a background process when it does
+    not exist yet; None otherwise. ``pipeline train`` runs it beside Airflow's own database migration: a
+    first run pays for both at once. Waiting for it is optional (the store is usable either way)."""
+    uri = paths.mlflow_tracking_uri()
+    if not uri.startswith("sqlite:///") or (paths.mlflow_dir() / "mlflow.db").exists():
+        return None
+    paths.mlflow_dir().mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen([sys.executable, "-c", "from pipeline import tracking; tracking.client().search_experiments()"],
+                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
+                                filter(None, [str(paths.REPO_ROOT), os.environ.get("PYTHONPATH")]))},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def client() -> "mlflow.MlflowClient":
     import mlflow
 

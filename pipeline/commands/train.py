@@ -43,16 +43,58 @@ def run_conf(args: argparse.Namespace) -> dict:
     return conf
 
 
-def run_dag(dag_id: str, conf: dict):
-    """Run ``dag_id`` once through Airflow with ``conf`` and return the finished DagRun."""
+def run_dag(dag_id: str, conf: dict, early_sandbox: bool = False):
+    """Run ``dag_id`` once through Airflow with ``conf`` and return the finished DagRun; ``early_sandbox``
+    starts the deploy stage's validation server first (:func:`start_early_sandbox`)."""
     from pipeline import airflow_env
 
-    env = airflow_env.apply()
-    airflow_env.ensure_db(env)
-    from airflow.utils.cli import get_bagged_dag
+    from pipeline import tracking
 
-    dag = get_bagged_dag(None, dag_id)
-    return dag.test(run_conf=conf)
+    env = airflow_env.apply()
+    # A first run creates both databases in background processes while this one imports Airflow.
+    migrating, store = airflow_env.start_db(env), tracking.start_store_init()
+    try:
+        from airflow.utils.cli import get_bagged_dag
+
+        airflow_env.finish_db(migrating, env)
+    finally:
+        if migrating is not None and migrating.poll() is None:
+            migrating.kill()
+        if store is not None:
+            store.wait()  # not checked: the tasks open (and if need be create) the store themselves
+    # After the databases: on a first run their migrations would compete with it for the cores.
+    sandbox = start_early_sandbox(conf) if early_sandbox else None
+    airflow_env.in_process_api_newest_version_only()
+    try:
+        return (_parse_dag(dag_id) or get_bagged_dag(None, dag_id)).test(run_conf=conf)
+    finally:
+        if sandbox is not None:
+            from pipeline.deploy import stop_standby
+
+            stop_standby(sandbox)
+
+
+def _parse_dag(dag_id: str):
+    """The DAG parsed from ``<dags folder>/<dag_id>.py`` alone, as ``airflow dags test`` parses it but without
+    writing the bundle to the database first: ``dag.test`` writes it again anyway. None when the embedded
+    ``dags-folder`` bundle or that file is not there (then Airflow's own lookup runs)."""
+    from pathlib import Path
+
+    from airflow.dag_processing.bundles.manager import DagBundlesManager
+    from airflow.dag_processing.dagbag import BundleDagBag
+    from airflow.sdk.definitions._internal.dag_parsing_context import _airflow_parsing_context_manager
+
+    try:
+        bundle = DagBundlesManager().get_bundle("dags-folder")
+        bundle.initialize()
+    except Exception:
+        return None
+    path = Path(bundle.path) / f"{dag_id}.py"
+    if not path.is_file():
+        return None
+    with _airflow_parsing_context_manager(dag_id=dag_id):
+        bag = BundleDagBag(dag_folder=str(path), bundle_path=bundle.path, bundle_name=bundle.name)
+    return bag.dags.get(dag_id)
 
 
 def summarize(dag_run) -> dict:
@@ -109,14 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(argv or []))
     conf = run_conf(args)
     print(f"pipeline train: running DAG {DAG_ID} with params {json.dumps(conf)}", flush=True)
-    sandbox = None if args.no_early_sandbox else start_early_sandbox(conf)
-    try:
-        dag_run = run_dag(DAG_ID, conf)
-    finally:
-        if sandbox is not None:
-            from pipeline.deploy import stop_standby
-
-            stop_standby(sandbox)
+    dag_run = run_dag(DAG_ID, conf, early_sandbox=not args.no_early_sandbox)
     summary = summarize(dag_run)
     reg = summary.get("register") or {}
     ingest = summary.get("ingest") or {}

@@ -94,6 +94,39 @@ def test_exported_savedmodel_answers_raw_rows_like_the_trained_model(first_run, 
     assert accuracy >= 0.90
 
 
+def test_tracking_has_every_epoch_a_loadable_model_and_the_deploy_report(first_run, home, mlflow_client):
+    import mlflow
+    import tensorflow as tf
+
+    from pipeline.features import FeatureSpec
+    from pipeline.preprocess import feature_arrays
+
+    run_id = _line(first_run.stdout, "DAG run").split(" ")[0]
+    _, _, children = _parent_and_children(mlflow_client, run_id)
+    by_stage = {c.data.tags["pipeline.stage"]: c for c in children}
+    train = by_stage["train"]
+    history = mlflow_client.get_metric_history(train.info.run_id, "val_loss")
+    assert sorted(m.step for m in history) == list(range(int(train.data.metrics["epochs_run"]))), "one point per epoch"
+
+    # The registered model is an MLflow pyfunc that answers raw rows like the SavedModel being served.
+    version_dir = home / "serving" / "penguins" / "1"
+    meta = json.loads((version_dir / "assets.extra" / "pipeline_metadata.json").read_text())
+    spec = FeatureSpec(tuple(meta["features"]["numeric"]), tuple(meta["features"]["categorical"]), meta["label"],
+                       meta["task"])
+    rows = pd.read_parquet(meta["test_split"]).head(20)
+    pyfunc = mlflow.pyfunc.load_model("models:/penguins@champion")
+    assert pyfunc.metadata.signature is not None and pyfunc.metadata.saved_input_example_info is not None
+    answer = pyfunc.predict(pd.DataFrame(feature_arrays(rows, spec)))
+    fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
+    served = fn(**{k: tf.constant(v) for k, v in feature_arrays(rows, spec).items()})["probabilities"].numpy()
+    np.testing.assert_allclose(answer[meta["class_names"]].to_numpy(), served, atol=1e-6)
+
+    # pipeline train validated the candidate in the sandbox it had started ahead, over REST and gRPC.
+    report = json.loads(Path(mlflow_client.download_artifacts(by_stage["deploy"].info.run_id, "deploy_report.json")).read_text())
+    assert report["server"] == "sandbox (started ahead)"
+    assert report["rest_max_abs_diff"] <= 1e-5 and report["grpc_max_abs_diff"] <= 1e-5
+
+
 def test_second_run_registers_a_new_version_compared_with_the_champion(first_run, home, mlflow_client, run_train):
     result = run_train(home, "--epochs", "60")
     assert result.returncode == 0, result.stdout[-5000:]
