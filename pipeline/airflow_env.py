@@ -54,14 +54,30 @@ def ensure_db(env: dict[str, str] | None = None) -> None:
 
 def start_db(env: dict[str, str] | None = None) -> subprocess.Popen | None:
     """Start ``airflow db migrate`` in the background when the metadata database is not current (None when
-    it is); :func:`finish_db` waits for it. Meanwhile this process can import Airflow."""
+    it is, or when an empty embedded database was copied from its template: ``pipeline.db_templates``);
+    :func:`finish_db` waits for it. Meanwhile this process can import Airflow."""
+    from pipeline import db_templates
+
     env = env or airflow_environ()
+    conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
     marker = paths.airflow_home() / ".db-migrated"
-    if marker.exists() and marker.read_text() == env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]:
+    if marker.exists() and marker.read_text() == conn:
         return None
     paths.airflow_home().mkdir(parents=True, exist_ok=True)
-    return subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env,
+    fresh = _embedded_db(conn)
+    if fresh is not None and db_templates.restore("airflow", fresh):
+        marker.write_text(conn)
+        return None
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "airflow"), "db", "migrate"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc.fresh_db = fresh  # an empty embedded database this migration creates: kept as the template
+    return proc
+
+
+def _embedded_db(conn: str) -> Path | None:
+    """The embedded SQLite file of ``conn`` when it does not exist yet, else None."""
+    path = paths.airflow_home() / "airflow.db"
+    return path if conn == f"sqlite:///{path}" and not path.exists() else None
 
 
 def finish_db(proc: subprocess.Popen | None, env: dict[str, str] | None = None) -> None:
@@ -70,12 +86,16 @@ def finish_db(proc: subprocess.Popen | None, env: dict[str, str] | None = None) 
     Raises:
         RuntimeError: the migration failed (with the end of its error output).
     """
+    from pipeline import db_templates
+
     if proc is None:
         return
     _, err = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed with status {proc.returncode}:\n{err[-3000:]}")
     env = env or airflow_environ()
+    if getattr(proc, "fresh_db", None) is not None:
+        db_templates.save("airflow", proc.fresh_db)
     (paths.airflow_home() / ".db-migrated").write_text(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
 
 

@@ -44,16 +44,29 @@ def configure() -> str:
 
 def start_store_init() -> subprocess.Popen | None:
     """Create the embedded store (SQLite tables, MLflow's migrations) in a background process when it does
-    not exist yet; None otherwise. ``pipeline train`` runs it beside Airflow's own database migration: a
-    first run pays for both at once. Waiting for it is optional (the store is usable either way)."""
+    not exist yet; None otherwise, or when an empty store was copied from its template
+    (``pipeline.db_templates``). ``pipeline train`` runs it beside Airflow's own database migration, so that
+    a first run pays for both at once; :func:`finish_store_init` waits for it."""
+    from pipeline import db_templates
+
     uri = paths.mlflow_tracking_uri()
-    if not uri.startswith("sqlite:///") or (paths.mlflow_dir() / "mlflow.db").exists():
+    db = paths.mlflow_dir() / "mlflow.db"
+    if uri != f"sqlite:///{db}" or db.exists() or db_templates.restore("mlflow", db):
         return None
     paths.mlflow_dir().mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([sys.executable, "-c", "from pipeline import tracking; tracking.client().search_experiments()"],
                             env={**os.environ, "PYTHONPATH": os.pathsep.join(
                                 filter(None, [str(paths.REPO_ROOT), os.environ.get("PYTHONPATH")]))},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def finish_store_init(proc: subprocess.Popen | None) -> None:
+    """Wait for :func:`start_store_init` and keep the new store as the template. Its failure is not raised:
+    the tasks open (and if need be create) the store themselves, and report what goes wrong."""
+    from pipeline import db_templates
+
+    if proc is not None and proc.wait() == 0:
+        db_templates.save("mlflow", paths.mlflow_dir() / "mlflow.db")
 
 
 def client() -> "mlflow.MlflowClient":

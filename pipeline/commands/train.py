@@ -60,8 +60,7 @@ def run_dag(dag_id: str, conf: dict, early_sandbox: bool = False):
     finally:
         if migrating is not None and migrating.poll() is None:
             migrating.kill()
-        if store is not None:
-            store.wait()  # not checked: the tasks open (and if need be create) the store themselves
+        tracking.finish_store_init(store)
     # After the databases: on a first run their migrations would compete with it for the cores.
     sandbox = start_early_sandbox(conf) if early_sandbox else None
     airflow_env.in_process_api_newest_version_only()
