@@ -396,8 +396,7 @@ class SandboxServer:
         return self.base / "server.log"
 
     def start(self) -> "SandboxServer":
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-               "PYTHONPATH": os.pathsep.join(filter(None, [str(paths.REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        env = paths.child_environ(TF_CPP_MIN_LOG_LEVEL="2")
         with open(self.log_path, "w") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pipeline.serving", "--host", "127.0.0.1", "--port", str(self.grpc_port),

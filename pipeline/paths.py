@@ -66,3 +66,10 @@ def data_dir(run_key: str) -> Path:
 
 def run_dir(run_key: str) -> Path:
     return pipeline_home() / "runs" / safe_key(run_key)
+
+
+def child_environ(**extra: str) -> dict[str, str]:
+    """This process's environment for a Python child that imports ``pipeline`` (the repository first on
+    ``PYTHONPATH``), plus ``extra``."""
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": pythonpath, **extra}

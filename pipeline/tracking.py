@@ -55,8 +55,7 @@ def start_store_init() -> subprocess.Popen | None:
         return None
     paths.mlflow_dir().mkdir(parents=True, exist_ok=True)
     return subprocess.Popen([sys.executable, "-c", "from pipeline import tracking; tracking.client().search_experiments()"],
-                            env={**os.environ, "PYTHONPATH": os.pathsep.join(
-                                filter(None, [str(paths.REPO_ROOT), os.environ.get("PYTHONPATH")]))},
+                            env=paths.child_environ(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
