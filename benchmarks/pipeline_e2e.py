@@ -180,7 +180,7 @@ def main() -> None:
         "checked over REST and gRPC) and the atomic publish. `pipeline train` is a real Airflow DAG run (dag.test, "
         "SQLite metadata database) with MLflow tracking of every stage (SQLite store), the pyfunc model logged, "
         "checked and registered, the deploy stage, aliases and models.config. It starts the deploy stage's sandbox "
-        "server before Airflow (it imports TensorFlow on the second core while Airflow and the first stages run); "
+        "server before the DAG run (it imports TensorFlow on the second core while Airflow and the first stages run); "
         "the floor starts it when it needs it, and the last row shows `pipeline train` doing the same.",
         "",
         "| run | median wall time (s) | runs (s) | ratio to the floor (median of per-repeat ratios) |",

@@ -60,7 +60,7 @@ def start_db(env: dict[str, str] | None = None) -> subprocess.Popen | None:
 
     env = env or airflow_environ()
     conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
-    marker = paths.airflow_home() / ".db-migrated"
+    marker = _marker()
     if marker.exists() and marker.read_text() == conn:
         return None
     paths.airflow_home().mkdir(parents=True, exist_ok=True)
@@ -93,10 +93,14 @@ def finish_db(proc: subprocess.Popen | None, env: dict[str, str] | None = None) 
     _, err = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"airflow db migrate failed with status {proc.returncode}:\n{err[-3000:]}")
-    env = env or airflow_environ()
     if getattr(proc, "fresh_db", None) is not None:
         db_templates.save("airflow", proc.fresh_db)
-    (paths.airflow_home() / ".db-migrated").write_text(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    _marker().write_text((env or airflow_environ())["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+
+
+def _marker() -> Path:
+    """Names the database last migrated from this home (so that :func:`start_db` skips a current one)."""
+    return paths.airflow_home() / ".db-migrated"
 
 
 def in_process_api_newest_version_only() -> bool:
@@ -105,7 +109,7 @@ def in_process_api_newest_version_only() -> bool:
 
     Airflow builds the routes and schemas of every API version it still supports (Cadwyn; 9 versions and 364
     routes in 3.3) on the first request, for clients of older Airflow releases that an in-process run never
-    has: 3.4 s of every ``pipeline train`` against 0.6 s for the newest version alone (docs/benchmarks.md). The
+    has: 4.0 s of every ``pipeline train`` against 0.6 s for the newest version alone (2-core machine). The
     newest version's routes are the current code's, unchanged; the routes kept only for older clients (marked
     ``only_exists_in_older_versions``) are left out. Applied only when the client's version is the newest one
     and nothing differs between it and the code's head version, and only in this process: the API server of a

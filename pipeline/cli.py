@@ -28,7 +28,7 @@ def exit_now(code: int) -> None:
     """End the process now, without finalizing every module TensorFlow, Airflow and MLflow loaded.
 
     That teardown took 3-4 s after ``pipeline train`` had printed its summary, and 1 s after the server had
-    stopped (measured: docs/benchmarks.md). By then everything is committed (Airflow's and MLflow's databases,
+    stopped (measured on a 2-core machine). By then everything is committed (Airflow's and MLflow's databases,
     model directories, the request log); the atexit handlers (log handlers, database pools) still run.
     """
     import atexit

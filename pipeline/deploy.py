@@ -435,7 +435,8 @@ class SandboxServer:
                 pass
 
     def stop(self) -> None:
-        """SIGTERM to our process group, SIGKILL (to the group) if it has not exited after 30 s."""
+        """SIGTERM (to our process group, or the process when it shares the caller's), SIGKILL if it has not
+        exited after 30 s."""
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
@@ -453,7 +454,7 @@ def _die_with_parent():
     the caller's process group does not outlive a killed caller; None where there is no ``prctl``.
 
     The libc function is looked up here, in the parent, so that the child runs no loader code between fork and
-    exec. Only for servers started from the main thread before other threads exist (``pipeline train``)."""
+    exec. Only for servers started from the main thread before the DAG run starts its threads (``pipeline train``)."""
     try:
         import ctypes
 
@@ -471,7 +472,7 @@ def start_standby(model_name: str) -> SandboxServer:
     """Start a sandbox server for ``model_name`` now, watching an empty base path, and offer it to the next
     :func:`validate_serving` of that model in this process.
 
-    ``pipeline train`` runs every task in one process; it calls this before Airflow starts, so that the
+    ``pipeline train`` runs every task in one process; it calls this before the DAG run starts, so that the
     server imports TensorFlow on the other core while Airflow and the first stages run, and the deploy stage
     renames the candidate into it instead of waiting for a server to start. The caller stops it
     (:func:`stop_standby`); an unused or already used one is never used again.

@@ -46,9 +46,7 @@ def run_conf(args: argparse.Namespace) -> dict:
 def run_dag(dag_id: str, conf: dict, early_sandbox: bool = False):
     """Run ``dag_id`` once through Airflow with ``conf`` and return the finished DagRun; ``early_sandbox``
     starts the deploy stage's validation server first (:func:`start_early_sandbox`)."""
-    from pipeline import airflow_env
-
-    from pipeline import tracking
+    from pipeline import airflow_env, tracking
 
     env = airflow_env.apply()
     # A first run creates both databases in background processes while this one imports Airflow.
