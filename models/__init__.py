@@ -1,16 +1,25 @@
-"""Keras model builders, chosen by name in the config (``model.builder``).
+"""Keras model builders, chosen by name in the config (``model.builder``), or a user's own module
+(``model.module``: ``path/to/my_model.py`` or ``package.module:function``).
 
-A builder takes the preprocessed feature vector (a KerasTensor) and returns the model's output tensor:
-class probabilities (softmax, float32) for classification, one standardized value for regression.
-Register a new builder by adding it to ``BUILDERS``.
+A builder is ``build(inputs, spec, **params)``: ``inputs`` is a dict of the processed feature tensors
+(``numeric``, ``cat__<column>``, ``text__<column>``; see :class:`pipeline.preprocess.ModelSpec`, which is ``spec``)
+and it returns the output tensor: class probabilities (softmax, ``spec.n_outputs`` wide, float32) for
+classification, one standardized value for regression. ``models.layers`` has the helpers to encode the inputs and
+make the head. Its keyword parameters are what ``model.params`` may set; they are checked when the config loads.
 """
 from __future__ import annotations
 
-from typing import Callable
+import importlib
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+from typing import Callable, Mapping
 
-from models import linear, mlp
+from models import linear, mlp, tabular
 
-BUILDERS: dict[str, Callable] = {"mlp": mlp.build, "linear": linear.build}
+BUILDERS: dict[str, Callable] = {"tabular": tabular.build, "mlp": mlp.build, "linear": linear.build}
+DEFAULT_BUILDER = "tabular"
 
 
 def get_builder(name: str) -> Callable:
@@ -18,3 +27,55 @@ def get_builder(name: str) -> Callable:
         return BUILDERS[name]
     except KeyError:
         raise ValueError(f"unknown model builder {name!r}; known: {', '.join(sorted(BUILDERS))}") from None
+
+
+def load_module_builder(ref: str, base: Path | None = None) -> Callable:
+    """The builder a ``model.module`` reference names: a ``.py`` file (its ``build``; relative paths against
+    ``base``, then the working directory) or ``package.module[:function]`` (default ``build``)."""
+    if ".py" in ref:
+        path_part, sep, func = ref.partition(".py:")
+        path = Path(path_part + ".py" if sep else ref).expanduser()
+        candidates = [path] if path.is_absolute() else [p for p in ((base / path) if base else None, Path.cwd() / path) if p]
+        found = next((p for p in candidates if p.is_file()), None)
+        if found is None:
+            raise ValueError(f"model.module {ref!r}: file not found (looked in {', '.join(map(str, candidates))})")
+        name = f"pipeline_user_model_{found.stem}_{abs(hash(str(found.resolve())))}"
+        spec = importlib.util.spec_from_file_location(name, found)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            raise ValueError(f"model.module {ref!r}: importing {found} failed: {type(exc).__name__}: {exc}") from exc
+        func = func or "build"
+    else:
+        mod_name, _, func = ref.partition(":")
+        try:
+            module = importlib.import_module(mod_name)
+        except ImportError as exc:
+            raise ValueError(f"model.module {ref!r}: cannot import {mod_name!r}: {exc}") from exc
+        func = func or "build"
+    fn = getattr(module, func, None)
+    if not callable(fn):
+        raise ValueError(f"model.module {ref!r}: no function {func!r} in it")
+    return fn
+
+
+def check_params(fn: Callable, params: Mapping, label: str) -> None:
+    """Every key of ``params`` must be a keyword parameter of ``fn`` (after ``inputs, spec``), and ``fn`` must
+    take ``(inputs, spec)``; the message names the builder and the parameter."""
+    import difflib
+
+    sig = inspect.signature(fn)
+    positional = [p for p in sig.parameters.values() if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if len(positional) < 2 and not any(p.kind == p.VAR_POSITIONAL for p in sig.parameters.values()):
+        raise ValueError(f"model builder {label}: must take (inputs, spec, **params), its signature is {sig}")
+    if any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values()):
+        return
+    known = [p.name for p in list(sig.parameters.values())[2:] if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    for key in params:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ValueError(f"model.params.{key}: builder {label} has no parameter {key!r} "
+                             f"(it takes: {', '.join(known) or 'none'}){hint}")

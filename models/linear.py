@@ -1,8 +1,9 @@
-"""A linear model (multinomial logistic regression or linear regression) on the preprocessed features."""
+"""A linear model (multinomial logistic regression or linear regression) on the processed features,
+categorical columns one-hot."""
 from __future__ import annotations
 
 
-def build(x, *, task: str, n_outputs: int):
-    from models.mlp import head
+def build(inputs, spec):
+    from models.layers import encode, head
 
-    return head(x, task, n_outputs)
+    return head(encode(inputs, spec, one_hot_max=1 << 30), spec)

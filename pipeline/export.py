@@ -1,7 +1,7 @@
 """Export: a SavedModel for TensorFlow Serving, verified, then published atomically.
 
 The ``serving_default`` signature takes one rank-1 input per raw feature, named after its column key
-(float32 for numeric, string for categorical), and returns ``probabilities`` and ``classes`` (class names,
+(float32 for numeric columns, string for every other kind: categorical, boolean, text, dates), and returns ``probabilities`` and ``classes`` (class names,
 one row per example) for classification or ``value`` for regression (docs/contracts.md).
 The model is written to a temporary directory beside the target, loaded back and checked against the
 in-memory model on the test split, and only then renamed into ``<serving base>/<model>/<version>/``:
@@ -52,7 +52,7 @@ def build_serving_module(model: "keras.Model", meta: PreprocessMeta):
 
         @tf.function(input_signature=[input_signature])
         def serve(self, features):
-            outputs = self.model({k: tf.expand_dims(v, -1) for k, v in features.items()}, training=False)
+            outputs = self.model(features, training=False)
             if is_classifier:
                 probabilities = tf.cast(outputs, tf.float32)
                 classes = tf.tile(tf.expand_dims(self.class_names, 0), [tf.shape(probabilities)[0], 1])
@@ -84,9 +84,9 @@ def predict_saved_model(path_or_loaded, df: "pd.DataFrame", spec: FeatureSpec) -
 
 
 def predict_keras(model: "keras.Model", df: "pd.DataFrame", meta: PreprocessMeta) -> "np.ndarray":
-    from pipeline.preprocess import make_dataset
+    from pipeline.preprocess import raw_dataset
 
-    out = model.predict(make_dataset(df, meta, 256, with_label=False), verbose=0)
+    out = model.predict(raw_dataset(df, meta.feature_spec, 1024), verbose=0)
     return out.reshape(-1) if meta.feature_spec.task == "regression" else out
 
 

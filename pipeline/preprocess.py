@@ -1,20 +1,33 @@
-"""Preprocess: Keras preprocessing layers adapted on the training split only, shipped inside the model.
+"""Preprocess: fit each feature's encoding on the training split only; the encodings run as Keras layers.
 
-The preprocessor is a Keras model from raw features (one input per feature key, shape ``(1,)``: float32 for
-numeric, string for categorical) to one float vector:
-numeric  -> missing values replaced by the training mean -> ``Normalization`` adapted on the training split;
-categorical -> ``StringLookup`` adapted on the training split, one-hot, with an out-of-vocabulary slot.
-Because it is part of the trained and exported model, the endpoint takes raw features by column name and no
-preprocessing code runs outside the model.
+The *preprocessor* is a Keras model from the raw features (one rank-1 input per feature key: float32 for numeric
+columns, string for every other kind) to the numeric tensors the trained model sees:
+
+- ``numeric``: one float matrix, concatenating per column
+  numeric -> quantile in the training split mapped to a normal value (+ a missing indicator if it had gaps);
+  boolean -> 1/0/0.5 (+ missing indicator); datetime -> elapsed time, year, and month / day / weekday / hour
+  as points on a circle (+ missing indicator) (:mod:`pipeline.encoders`);
+- ``cat__<key>``: the integer id of a categorical value: the training split's vocabulary by frequency
+  (values seen at least ``min_frequency`` times, at most ``max_vocabulary``), missing as its own value, and
+  out-of-vocabulary values hashed into ``hash_buckets`` slots (one slot for low-cardinality columns);
+- ``text__<key>``: TF-IDF of words and word bigrams (``TextVectorization``, vocabulary and IDF from the training
+  split), L2-normalised.
+
+During training the preprocessor runs in the ``tf.data`` pipeline on the host (Keras' advice for TPUs, and faster
+on CPUs) and the model being fitted sees only these tensors; the exported SavedModel chains the same
+preprocessor in front of the trained model, so the endpoint takes raw values by column name and the two paths
+cannot drift apart. Everything the preprocessor needs is in :class:`PreprocessMeta` (``meta.json``): it is
+rebuilt from there, never adapted twice.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from pipeline.features import FeatureSpec
+from pipeline.features import BOOLEAN, CATEGORICAL, DATETIME, HIGH_CARDINALITY, NUMERIC, TEXT, FeatureSpec
 
 if TYPE_CHECKING:
     import keras
@@ -22,65 +35,128 @@ if TYPE_CHECKING:
     import pandas as pd
     import tensorflow as tf
 
-MISSING_CATEGORY = ""  # what a missing categorical value is fed as, in training and at the endpoint
+MISSING_CATEGORY = ""  # what a missing string value is fed as, in training and at the endpoint
+NUMERIC_INPUT = "numeric"
+N_QUANTILES = 1000
+
+
+@dataclass(frozen=True)
+class EncodingOptions:
+    """How features are encoded (config section ``features``)."""
+
+    max_vocabulary: int = 1000      # categorical values kept, most frequent first
+    min_frequency: int = 2          # values rarer than this in the training split share the OOV slots
+    hash_buckets: int = 64          # OOV slots of a high-cardinality column (hashing); low-cardinality: 1
+    text_max_tokens: int = 5000     # words and bigrams kept per text column
+    text_ngrams: int = 2
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model builder is given besides its input tensors: the processed inputs and the task.
+
+    ``numeric_width`` is the width of the ``numeric`` input (0: absent); ``categorical`` maps each ``cat__<key>``
+    input to its number of ids (embedding rows); ``text`` maps each ``text__<key>`` input to its width.
+    """
+
+    task: str
+    n_outputs: int
+    numeric_width: int
+    categorical: dict[str, int]
+    text: dict[str, int]
+    kinds: dict[str, str]
+    rows: int
+
+    def inputs(self) -> dict[str, "keras.KerasTensor"]:
+        """Fresh ``keras.Input`` tensors of the processed features, named as the preprocessor outputs them."""
+        import keras
+
+        out = {}
+        if self.numeric_width:
+            out[NUMERIC_INPUT] = keras.Input(shape=(self.numeric_width,), name=NUMERIC_INPUT, dtype="float32")
+        out.update({k: keras.Input(shape=(), name=k, dtype="int64") for k in self.categorical})
+        out.update({k: keras.Input(shape=(w,), name=k, dtype="float32") for k, w in self.text.items()})
+        return out
 
 
 @dataclass(frozen=True)
 class PreprocessMeta:
-    """What training and export need to know besides the preprocessor itself."""
+    """What training and export need besides the trained model: the fitted encodings and the label's."""
 
     spec: dict
     class_names: list[str]          # classification: label values in output order; regression: []
-    label_mean: float = 0.0         # regression: the model predicts in label units via these
+    label_mean: float = 0.0         # regression: the model predicts a standardized value, rescaled by these
     label_std: float = 1.0
-    numeric_means: dict | None = None
-    vocabularies: dict | None = None
+    numeric: dict = field(default_factory=dict)      # key -> QuantileNormal params
+    boolean: dict = field(default_factory=dict)      # key -> {"indicator"}
+    categorical: dict = field(default_factory=dict)  # key -> {"vocabulary", "oov"}
+    text: dict = field(default_factory=dict)         # key -> {"vocabulary", "idf", "ngrams"}
+    datetime: dict = field(default_factory=dict)     # key -> DateParts params
+    class_counts: dict = field(default_factory=dict)  # classification: training rows per class
+    rows: int = 0                                    # training rows
 
     @property
     def feature_spec(self) -> FeatureSpec:
         return FeatureSpec.from_dict(self.spec)
 
+    def model_spec(self) -> ModelSpec:
+        from pipeline.encoders import date_width
+
+        width = sum(2 if p["indicator"] else 1 for p in self.numeric.values())
+        width += sum(2 if p["indicator"] else 1 for p in self.boolean.values())
+        width += sum(date_width(p["has_time"]) for p in self.datetime.values())
+        spec = self.feature_spec
+        return ModelSpec(spec.task, len(self.class_names) if spec.task == "classification" else 1, width,
+                         {f"cat__{k}": len(p["vocabulary"]) + p["oov"] for k, p in self.categorical.items()},
+                         {f"text__{k}": len(p["vocabulary"]) for k, p in self.text.items()},
+                         {k: spec.kind(k) for k in spec.names}, self.rows)
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps(asdict(self), indent=2))
+        Path(path).write_text(json.dumps(asdict(self)))
 
     @classmethod
     def load(cls, path: str | Path) -> "PreprocessMeta":
         return cls(**json.loads(Path(path).read_text()))
 
-
-def _register_layers():
-    import keras
-
-    @keras.saving.register_keras_serializable(package="pipeline")
-    class FillMissing(keras.layers.Layer):
-        """Replace NaN by a constant (the training mean), so a missing numeric value is a typical one."""
-
-        def __init__(self, value: float = 0.0, **kwargs):
-            super().__init__(**kwargs)
-            self.value = float(value)
-
-        def call(self, x):
-            return keras.ops.where(keras.ops.isnan(x), keras.ops.full_like(x, self.value), x)
-
-        def get_config(self):
-            return {**super().get_config(), "value": self.value}
-
-    return FillMissing
+    def summary(self) -> dict[str, Any]:
+        """Per feature, how it is encoded (for MLflow): kind, width or vocabulary size."""
+        out: dict[str, Any] = {}
+        for k, p in self.numeric.items():
+            out[k] = {"kind": NUMERIC, "median": p["fill"], "missing_indicator": p["indicator"]}
+        for k, p in self.boolean.items():
+            out[k] = {"kind": BOOLEAN, "missing_indicator": p["indicator"]}
+        for k, p in self.categorical.items():
+            out[k] = {"kind": self.feature_spec.kind(k), "vocabulary": len(p["vocabulary"]), "oov_slots": p["oov"],
+                      "top": p["vocabulary"][:10]}
+        for k, p in self.text.items():
+            out[k] = {"kind": TEXT, "vocabulary": len(p["vocabulary"]), "top": p["vocabulary"][1:11]}
+        for k, p in self.datetime.items():
+            out[k] = {"kind": DATETIME, "format": p["fmt"], "has_time": p["has_time"]}
+        return out
 
 
-_FILL_MISSING = None
+def string_values(s: "pd.Series") -> "np.ndarray":
+    """A column as the endpoint's string inputs take it: '' for missing; dates as ``YYYY-MM-DD HH:MM:SS``,
+    booleans as ``true``/``false``, integral floats without ``.0`` (a code read as 12345.0 is sent as 12345)."""
+    import numpy as np
+    import pandas as pd
 
-
-def fill_missing_layer():
-    """The registered ``FillMissing`` layer class (registered once, on first use, so importing is cheap)."""
-    global _FILL_MISSING
-    if _FILL_MISSING is None:
-        _FILL_MISSING = _register_layers()
-    return _FILL_MISSING
+    missing = s.isna().to_numpy()
+    if pd.api.types.is_datetime64_any_dtype(s):
+        text = s.dt.strftime("%Y-%m-%d %H:%M:%S")
+    elif pd.api.types.is_bool_dtype(s):
+        text = s.map({True: "true", False: "false"})
+    elif pd.api.types.is_float_dtype(s):
+        v = s.to_numpy(dtype=np.float64, na_value=np.nan)
+        integral = np.isfinite(v) & (v == np.round(v))
+        text = pd.Series(np.where(integral, np.nan_to_num(v).astype(np.int64).astype(str), v.astype(str)), index=s.index)
+    else:
+        text = s.astype(str)
+    return np.where(missing, MISSING_CATEGORY, text.to_numpy(dtype=object)).astype(str)
 
 
 def feature_arrays(df: "pd.DataFrame", spec: FeatureSpec) -> dict[str, "np.ndarray"]:
-    """Raw feature columns as the model's inputs expect them: float32 (NaN = missing) and str ('' = missing)."""
+    """Raw feature columns as the model's inputs take them: float32 (NaN = missing) and str ('' = missing)."""
     import numpy as np
     import pandas as pd
 
@@ -88,8 +164,7 @@ def feature_arrays(df: "pd.DataFrame", spec: FeatureSpec) -> dict[str, "np.ndarr
     for col in spec.numeric:
         out[col] = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
     for col in spec.categorical:
-        s = df[col]
-        out[col] = np.where(s.isna(), MISSING_CATEGORY, s.astype(str)).astype(str)
+        out[col] = string_values(df[col])
     return out
 
 
@@ -100,83 +175,250 @@ def label_array(df: "pd.DataFrame", meta: PreprocessMeta) -> "np.ndarray":
     spec = meta.feature_spec
     if spec.task == "classification":
         index = {name: i for i, name in enumerate(meta.class_names)}
-        return np.array([index.get(str(v), -1) for v in df[spec.label]], dtype=np.int64)
+        return np.array([index.get(v, -1) for v in label_strings(df[spec.label])], dtype=np.int64)
     return df[spec.label].to_numpy(dtype=np.float32)
 
 
-def make_dataset(df: "pd.DataFrame", meta: PreprocessMeta, batch_size: int, shuffle: bool = False,
-                 seed: int = 0, with_label: bool = True) -> "tf.data.Dataset":
-    """A batched ``tf.data`` pipeline of ``({key: (batch, 1)}, label)``; strings go through tf.data because
-    Keras 3 ``fit`` rejects NumPy string arrays."""
+def label_strings(s: "pd.Series") -> list[str]:
+    """Class labels as strings, integral floats without ``.0`` (a label column with gaps is read as floats)."""
+    return [str(v) for v in string_values(s)]
+
+
+# -- fitting -------------------------------------------------------------------------------------------------
+
+def _quantiles(values: "np.ndarray") -> dict:
+    import numpy as np
+
+    present = values[~np.isnan(values)]
+    if present.size == 0:
+        return {"values": [0.0], "probabilities": [0.5], "fill": 0.0, "indicator": True}
+    probs = np.linspace(0, 1, min(N_QUANTILES, max(2, present.size)))
+    qs = np.quantile(present.astype(np.float64), probs)
+    # Tied quantiles (a column of few distinct values) become one point at the middle of their probability mass.
+    uniq, inverse = np.unique(qs, return_inverse=True)
+    mid = np.bincount(inverse, weights=probs) / np.bincount(inverse)
+    return {"values": uniq.tolist(), "probabilities": mid.tolist(), "fill": float(np.median(present)),
+            "indicator": bool(np.isnan(values).any())}
+
+
+def _vocabulary(values: "np.ndarray", opts: EncodingOptions, high: bool) -> dict:
+    import numpy as np
+
+    uniq, counts = np.unique(values, return_counts=True)
+    order = np.lexsort((uniq, -counts))
+    keep = [str(uniq[i]) for i in order if counts[i] >= opts.min_frequency or uniq[i] == MISSING_CATEGORY]
+    if not keep:  # every value rare (a tiny table): keep them all rather than learn nothing
+        keep = [str(uniq[i]) for i in order]
+    return {"vocabulary": keep[: opts.max_vocabulary], "oov": opts.hash_buckets if high else 1}
+
+
+def _text_vocabulary(values: "np.ndarray", opts: EncodingOptions) -> dict:
+    import keras
+    import numpy as np
     import tensorflow as tf
 
-    feats = {k: v.reshape(-1, 1) for k, v in feature_arrays(df, meta.feature_spec).items()}
-    ds = tf.data.Dataset.from_tensor_slices((feats, label_array(df, meta)) if with_label else feats)
-    if shuffle:
-        ds = ds.shuffle(len(df), seed=seed, reshuffle_each_iteration=True)
-    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    docs = tf.data.Dataset.from_tensor_slices(values).batch(4096)
+    counter = keras.layers.TextVectorization(max_tokens=opts.text_max_tokens, ngrams=opts.text_ngrams,
+                                             output_mode="multi_hot")
+    counter.adapt(docs)
+    vocab = [str(v) for v in counter.get_vocabulary()]
+    # IDF as Keras computes it for tf_idf: log(1 + documents / (1 + documents containing the term)).
+    df = np.zeros(len(vocab))
+    for batch in docs:
+        df += counter(batch).numpy().sum(axis=0)
+    idf = np.log1p(len(values) / (1.0 + df))
+    return {"vocabulary": vocab, "idf": idf.tolist(), "ngrams": opts.text_ngrams}
 
 
-def model_inputs(spec: FeatureSpec) -> dict[str, "keras.KerasTensor"]:
+def _date_stats(values: "np.ndarray", detail: dict) -> dict:
+    import numpy as np
+
+    from pipeline.encoders import layers
+
+    probe = layers()["DateParts"](fmt=detail.get("format", "ymd"), has_time=bool(detail.get("has_time")))
+    (y, m, d, hh, mm, ss), ok = probe.parts(values)
+    ok = ok.numpy()
+    # days since the epoch through the layer's own arithmetic: fit with elapsed_mean 0 and std 1
+    elapsed = probe(values).numpy()[:, 0]
+    e, years = elapsed[ok], y.numpy()[ok]
+    return {"fmt": probe.fmt, "has_time": probe.has_time,
+            "elapsed_mean": float(e.mean()) if e.size else 0.0, "elapsed_std": float(e.std()) if e.size else 1.0,
+            "year_mean": float(years.mean()) if years.size else 2000.0,
+            "year_std": float(years.std()) if years.size else 1.0}
+
+
+def fit_preprocessing(train_df: "pd.DataFrame", spec: FeatureSpec,
+                      opts: EncodingOptions = EncodingOptions()) -> PreprocessMeta:
+    """Fit every feature's encoding on ``train_df`` (the training split only) and the label's."""
+    import numpy as np
+
+    arrays = feature_arrays(train_df, spec)
+    numeric, boolean, categorical, text, dates = {}, {}, {}, {}, {}
+    for col in spec.names:
+        kind, values = spec.kind(col), arrays[col]
+        if kind == NUMERIC:
+            numeric[col] = _quantiles(values)
+        elif kind == BOOLEAN:
+            boolean[col] = {"indicator": bool((values == MISSING_CATEGORY).any())}
+        elif kind in (CATEGORICAL, HIGH_CARDINALITY):
+            categorical[col] = _vocabulary(values, opts, kind == HIGH_CARDINALITY)
+        elif kind == TEXT:
+            text[col] = _text_vocabulary(values, opts)
+        elif kind == DATETIME:
+            dates[col] = _date_stats(values, spec.details.get(col, {}))
+        else:
+            raise ValueError(f"feature {col!r}: unknown kind {kind!r}")
+    if spec.task == "classification":
+        labels = np.array(label_strings(train_df[spec.label].dropna()))
+        names, counts = np.unique(labels, return_counts=True)
+        class_names = [str(n) for n in names]
+        class_counts = {str(n): int(c) for n, c in zip(names, counts)}
+        label_mean, label_std = 0.0, 1.0
+    else:
+        y = train_df[spec.label].dropna().to_numpy(dtype=np.float64)
+        class_names, class_counts, label_mean, label_std = [], {}, float(np.mean(y)), float(np.std(y) or 1.0)
+    return PreprocessMeta(spec.to_dict(), class_names, label_mean, label_std, numeric, boolean, categorical, text,
+                          dates, class_counts, int(len(train_df)))
+
+
+# -- the preprocessor ----------------------------------------------------------------------------------------
+
+def raw_inputs(spec: FeatureSpec) -> dict[str, "keras.KerasTensor"]:
+    """One rank-1 ``keras.Input`` per raw feature: float32 for numeric columns, string for the others."""
     import keras
 
-    inputs = {c: keras.Input(shape=(1,), name=c, dtype="float32") for c in spec.numeric}
-    inputs.update({c: keras.Input(shape=(1,), name=c, dtype="string") for c in spec.categorical})
+    inputs = {c: keras.Input(shape=(), name=c, dtype="float32") for c in spec.numeric}
+    inputs.update({c: keras.Input(shape=(), name=c, dtype="string") for c in spec.categorical})
     return inputs
 
 
-def build_preprocessor(train_df: "pd.DataFrame", spec: FeatureSpec) -> tuple["keras.Model", PreprocessMeta]:
-    """Adapt the preprocessing layers on ``train_df`` (the training split only) and return the preprocessor
-    with the metadata that training and export need."""
+def build_preprocessor(meta: PreprocessMeta) -> "keras.Model":
+    """The preprocessor (raw features -> processed tensors, see the module docstring), rebuilt from ``meta``."""
     import keras
+
+    from pipeline.encoders import layers
+
+    L = layers()
+    spec = meta.feature_spec
+    inputs = raw_inputs(spec)
+    numeric_parts, outputs = [], {}
+    for col in spec.names:  # input order fixes the layout of the numeric matrix
+        if col in meta.numeric:
+            numeric_parts.append(L["QuantileNormal"](**meta.numeric[col], name=f"{col}_quantile")(inputs[col]))
+        elif col in meta.boolean:
+            numeric_parts.append(L["BooleanValue"](**meta.boolean[col], name=f"{col}_bool")(inputs[col]))
+        elif col in meta.datetime:
+            numeric_parts.append(L["DateParts"](**meta.datetime[col], name=f"{col}_date")(inputs[col]))
+        elif col in meta.categorical:
+            p = meta.categorical[col]
+            lookup = keras.layers.StringLookup(vocabulary=p["vocabulary"], num_oov_indices=p["oov"],
+                                               output_mode="int", name=f"{col}_lookup")
+            outputs[f"cat__{col}"] = lookup(inputs[col])
+        elif col in meta.text:
+            p = meta.text[col]
+            vectorize = keras.layers.TextVectorization(vocabulary=p["vocabulary"], idf_weights=p["idf"],
+                                                       ngrams=p["ngrams"], output_mode="tf_idf",
+                                                       name=f"{col}_tfidf")
+            outputs[f"text__{col}"] = keras.layers.UnitNormalization(name=f"{col}_l2")(vectorize(inputs[col]))
+    if numeric_parts:
+        outputs[NUMERIC_INPUT] = (numeric_parts[0] if len(numeric_parts) == 1
+                                  else keras.layers.Concatenate(name="numeric_features")(numeric_parts))
+    return keras.Model(inputs, outputs, name="preprocessor")
+
+
+def processed_dataset(df: "pd.DataFrame", meta: PreprocessMeta, preprocessor: "keras.Model", batch_size: int,
+                      shuffle: bool = False, seed: int = 0, labels: bool = True,
+                      weights: "np.ndarray | None" = None, cache_bytes: int = 512 << 20) -> "tf.data.Dataset":
+    """A batched ``tf.data`` pipeline of ``(processed features, label[, weight])`` for fitting.
+
+    The preprocessor runs on batches of 4096 raw rows in parallel ``map`` calls. When the processed rows fit in
+    ``cache_bytes`` they are computed once and cached, then shuffled row by row each epoch; otherwise the raw rows
+    are shuffled and preprocessed again each epoch. Regression labels are standardized (the model predicts in
+    standard units; the exported model rescales).
+    """
     import numpy as np
+    import tensorflow as tf
 
-    fill_missing = fill_missing_layer()
-    arrays = feature_arrays(train_df, spec)
-    inputs = model_inputs(spec)
-    encoded, means, vocabs = [], {}, {}
-    for col in spec.numeric:
-        values = arrays[col]
-        mean = float(np.nanmean(values)) if np.isfinite(values).any() else 0.0
-        filled = np.where(np.isnan(values), mean, values).reshape(-1, 1)
-        norm = keras.layers.Normalization(name=f"{col}_norm")
-        norm.adapt(filled)
-        encoded.append(norm(fill_missing(mean, name=f"{col}_fill")(inputs[col])))
-        means[col] = mean
-    for col in spec.categorical:
-        # The vocabulary is the training split's values, most frequent first; missing ("") and unseen values share
-        # the out-of-vocabulary slot. It is passed explicitly rather than through adapt(): an adapted one-hot
-        # StringLookup does not reload from a .keras file.
-        values, counts = np.unique(arrays[col][arrays[col] != MISSING_CATEGORY], return_counts=True)
-        vocab = [str(v) for v in values[np.lexsort((values, -counts))]]
-        lookup = keras.layers.StringLookup(vocabulary=vocab, output_mode="one_hot", num_oov_indices=1,
-                                           name=f"{col}_lookup")
-        encoded.append(lookup(inputs[col]))
-        vocabs[col] = vocab
-    x = encoded[0] if len(encoded) == 1 else keras.layers.Concatenate(name="features")(encoded)
-    preprocessor = keras.Model(inputs, x, name="preprocessor")
+    feats = feature_arrays(df, meta.feature_spec)
+    parts: list[Any] = [feats]
+    if labels:
+        y = label_array(df, meta)
+        if meta.feature_spec.task == "regression":
+            y = ((y - meta.label_mean) / meta.label_std).astype(np.float32)
+        parts.append(y)
+        if weights is not None:
+            parts.append(weights.astype(np.float32))
+    element = tuple(parts) if len(parts) > 1 else parts[0]
+    ds = tf.data.Dataset.from_tensor_slices(element)
 
-    if spec.task == "classification":
-        class_names = sorted(str(v) for v in train_df[spec.label].dropna().unique())
-        label_mean, label_std = 0.0, 1.0
+    def apply(*batch):
+        return (preprocessor(batch[0]), *batch[1:]) if len(batch) > 1 else preprocessor(batch[0])
+
+    n_batches = -(-len(df) // batch_size)
+    mspec = meta.model_spec()
+    row_bytes = 4 * (mspec.numeric_width + len(mspec.categorical) * 2 + sum(mspec.text.values()) + 2)
+    fits = row_bytes * len(df) <= cache_bytes
+    if fits or not shuffle:
+        ds = ds.batch(4096).map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        if shuffle:
+            ds = ds.unbatch().cache().shuffle(min(len(df), 1 << 20), seed=seed, reshuffle_each_iteration=True)
+            ds = ds.batch(batch_size)
+        else:
+            ds = ds.unbatch().batch(batch_size)
     else:
-        y = train_df[spec.label].to_numpy(dtype=np.float64)
-        class_names, label_mean, label_std = [], float(np.mean(y)), float(np.std(y) or 1.0)
-    meta = PreprocessMeta(spec.to_dict(), class_names, label_mean, label_std, means, vocabs)
-    return preprocessor, meta
+        ds = ds.shuffle(min(len(df), 1 << 18), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
+        ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    # unbatch/shuffle lose the dataset's length; stating it lets Keras size its first epoch
+    return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(tf.data.AUTOTUNE)
 
 
-def save_preprocessor(preprocessor: "keras.Model", meta: PreprocessMeta, out_dir: str | Path) -> dict[str, str]:
+def raw_dataset(df: "pd.DataFrame", spec: FeatureSpec, batch_size: int = 1024) -> "tf.data.Dataset":
+    """Batches of raw features (the endpoint's inputs) for predicting with the full model."""
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices(feature_arrays(df, spec)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def full_model(meta: PreprocessMeta, body: "keras.Model") -> "keras.Model":
+    """Raw features -> preprocessor -> trained body -> output in label units: the model that is evaluated
+    and exported."""
+    import keras
+
+    spec = meta.feature_spec
+    inputs = raw_inputs(spec)
+    processed = build_preprocessor(meta)(inputs)
+    out = body(processed)
+    if spec.task == "regression":
+        # The body predicts a standardized value; rescaling inside the model keeps the endpoint in label units.
+        out = keras.layers.Rescaling(meta.label_std, offset=meta.label_mean, dtype="float32", name="value")(out)
+        out = keras.layers.Reshape((), name="value_flat")(out)
+    return keras.Model(inputs, out, name="served_model")
+
+
+def save_preprocessing(meta: PreprocessMeta, out_dir: str | Path) -> dict[str, str]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_path, meta_path = out_dir / "preprocessor.keras", out_dir / "meta.json"
-    preprocessor.save(model_path)
-    meta.save(meta_path)
-    return {"preprocessor": str(model_path), "meta": str(meta_path)}
+    meta_path = out_dir / "meta.json"
+    tmp = out_dir / ".meta.json.tmp"
+    meta.save(tmp)
+    tmp.replace(meta_path)
+    return {"meta": str(meta_path)}
 
 
-def load_preprocessor(path: str | Path) -> "keras.Model":
-    import keras
+def class_weights(meta: PreprocessMeta, mode: str) -> dict[int, float] | None:
+    """Per-class loss weights: ``balanced`` (inverse frequency), ``auto`` (the square root of that, and only when
+    the largest class has at least 4x the rows of the smallest), ``none``. Normalized to a mean of 1 per row."""
+    if meta.feature_spec.task != "classification" or mode == "none" or not meta.class_counts:
+        return None
+    counts = [meta.class_counts.get(c, 0) or 1 for c in meta.class_names]
+    if mode == "auto" and max(counts) < 4 * min(counts):
+        return None
+    power = 1.0 if mode == "balanced" else 0.5
+    raw = [(sum(counts) / (len(counts) * c)) ** power for c in counts]
+    mean = sum(r * c for r, c in zip(raw, counts)) / sum(counts)
+    return {i: r / mean for i, r in enumerate(raw)}
 
-    fill_missing_layer()
-    return keras.models.load_model(path)
+
+def auto_batch_size(rows: int) -> int:
+    """A power of two near the square root of the training rows, between 32 and 1024."""
+    return int(min(1024, max(32, 2 ** round(math.log2(max(1, rows) ** 0.5)))))

@@ -2,7 +2,8 @@
 
 Strategies: ``stratified`` (per label class, for classification), ``random``, ``hash`` (a stable hash of a key
 column, so a row keeps its split when data is appended) and ``time`` (oldest rows train, newest test).
-Rows without a label are dropped first: they cannot be trained or scored on.
+Rows without a label are dropped first: they cannot be trained or scored on; classes too rare to split are
+merged or dropped when the config says so (``labels``).
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipeline.config import SplitConfig
+from pipeline.config import LabelsConfig, SplitConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -71,9 +72,37 @@ def assign_splits(df: "pd.DataFrame", label: str, cfg: SplitConfig, task: str) -
     return result
 
 
-def split_frame(df: "pd.DataFrame", label: str, cfg: SplitConfig, task: str) -> dict[str, "pd.DataFrame"]:
-    """Partition the labelled rows of ``df`` into ``{"train", "val", "test"}`` frames (original row order kept)."""
+def prepare_labels(df: "pd.DataFrame", label: str, task: str, labels: LabelsConfig = LabelsConfig()
+                   ) -> tuple["pd.DataFrame", dict[str, int]]:
+    """The rows that can be trained and scored on: rows without a label dropped; for classification, classes
+    rarer than ``labels.min_class_rows`` merged into ``labels.merged_class`` or dropped as configured (with
+    ``error``, validate has already refused them). Returns the rows and what was done, counted."""
+    from pipeline.preprocess import label_strings
+
     labelled = df[df[label].notna()]
+    counts = {"rows_without_label": int(len(df) - len(labelled)), "rows_merged": 0, "rows_dropped_rare": 0}
+    if task == "classification" and labels.rare_classes in ("merge", "drop"):
+        names = label_strings(labelled[label])
+        sizes = {}
+        for n in names:
+            sizes[n] = sizes.get(n, 0) + 1
+        rare = {n for n, c in sizes.items() if c < labels.min_class_rows}
+        if rare:
+            is_rare = [n in rare for n in names]
+            if labels.rare_classes == "merge":
+                labelled = labelled.copy()
+                labelled[label] = [labels.merged_class if r else n for n, r in zip(names, is_rare)]
+                counts["rows_merged"] = int(sum(is_rare))
+            else:
+                labelled = labelled[[not r for r in is_rare]]
+                counts["rows_dropped_rare"] = int(sum(is_rare))
+    return labelled, counts
+
+
+def split_frame(df: "pd.DataFrame", label: str, cfg: SplitConfig, task: str,
+                labels: LabelsConfig = LabelsConfig()) -> dict[str, "pd.DataFrame"]:
+    """Partition the labelled rows of ``df`` into ``{"train", "val", "test"}`` frames (original row order kept)."""
+    labelled, _ = prepare_labels(df, label, task, labels)
     which = assign_splits(labelled, label, cfg, task)
     parts = {name: labelled[which == name].reset_index(drop=True) for name in SPLITS}
     if parts["train"].empty or parts["test"].empty:

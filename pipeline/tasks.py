@@ -119,7 +119,7 @@ def validate_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[
 
     from pipeline import registry, tracking
     from pipeline.export import SCHEMA_FILE
-    from pipeline.validate import ValidationError, load_schema, validate
+    from pipeline.validate import ValidationError, feature_table, load_schema, validate
 
     cfg = load_run_config(params)
     with tracking.stage_run(ingested["parent_run_id"], "validate"):
@@ -127,19 +127,29 @@ def validate_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[
         ref_path = champion[1] / "assets.extra" / SCHEMA_FILE if champion else None
         reference = load_schema(ref_path) if ref_path is not None and ref_path.exists() else None
         mlflow.log_param("reference_schema", f"champion v{champion[0]}" if reference else "none (first run: inferred)")
-        f = cfg.features
+        split_columns = tuple(c for c in (cfg.split.key_column, cfg.split.time_column) if c)
         try:
-            result = validate(_read_frame(ingested["snapshot"]), cfg.label, cfg.task, f.numeric, f.categorical, f.exclude,
-                              reference=reference, source=ingested["source"])
+            result = validate(_read_frame(ingested["snapshot"]), cfg.label, cfg.task, cfg.features, cfg.labels,
+                              not_features=split_columns, reference=reference, source=ingested["source"])
         except ValidationError as exc:
             mlflow.log_dict({"anomalies": [a.__dict__ for a in exc.anomalies]}, "anomalies.json")
             raise
         schema_path = _write_json(ctx.data_dir / "schema.json", result.schema)
         mlflow.log_dict(result.schema, "schema.json")
         mlflow.log_dict(result.report(), "anomalies.json")
-        mlflow.log_metrics({"anomalies_blocking": len(result.blocking), "anomalies_total": len(result.anomalies)})
+        mlflow.log_text(feature_table(result.schema), "features.md")
+        kinds = result.schema["features"]["kinds"]
+        counts = {k: sum(1 for v in kinds.values() if v == k) for k in sorted(set(kinds.values()))}
+        mlflow.log_params({"task": result.schema["features"]["task"],
+                           "feature_kinds": ", ".join(f"{k}={v}" for k, v in counts.items()),
+                           "excluded_columns": ", ".join(result.schema["features"]["excluded"])[:6000] or "none"})
+        mlflow.log_metrics({"anomalies_blocking": len(result.blocking), "anomalies_total": len(result.anomalies),
+                            "features": len(kinds), **{f"features_{k}": v for k, v in counts.items()}})
         for anomaly in result.anomalies:
             print(f"validate: warning: {anomaly.column}: {anomaly.message}")
+        for col, kind in kinds.items():
+            why = result.schema["columns"][col].get("why") or "pinned in the config"
+            print(f"validate: feature {col}: {kind} ({why})")
     return {"parent_run_id": ingested["parent_run_id"], "schema": schema_path, "features": result.schema["features"]}
 
 
@@ -148,13 +158,18 @@ def split_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[str
     import mlflow
 
     from pipeline import tracking
-    from pipeline.split import class_balance, split_frame, write_splits
+    from pipeline.split import class_balance, prepare_labels, split_frame, write_splits
 
     cfg = load_run_config(params)
     features = validated["features"]
     with tracking.stage_run(validated["parent_run_id"], "split"):
         mlflow.log_params({f"split_{k}": v for k, v in cfg.split.__dict__.items()})
-        parts = split_frame(_read_frame(ingested["snapshot"]), features["label"], cfg.split, features["task"])
+        frame = _read_frame(ingested["snapshot"])
+        labelled, dropped = prepare_labels(frame, features["label"], features["task"], cfg.labels)
+        parts = split_frame(labelled, features["label"], cfg.split, features["task"], cfg.labels)
+        mlflow.log_metrics(dropped)
+        if dropped["rows_without_label"]:
+            print(f"split: warning: {dropped['rows_without_label']} rows without a label dropped")
         out = write_splits(parts, ctx.work_dir / "split")
         mlflow.log_metrics({f"rows_{k}": len(v) for k, v in parts.items()})
         if features["task"] == "classification":
@@ -170,16 +185,23 @@ def preprocess_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[
 
     from pipeline import tracking
     from pipeline.features import FeatureSpec
-    from pipeline.preprocess import build_preprocessor, save_preprocessor
+    from pipeline.preprocess import EncodingOptions, fit_preprocessing, save_preprocessing
 
+    cfg = load_run_config(params)
+    f = cfg.features
+    options = EncodingOptions(max_vocabulary=f.max_vocabulary, min_frequency=f.min_frequency,
+                              hash_buckets=f.hash_buckets, text_max_tokens=f.text_max_tokens, text_ngrams=f.text_ngrams)
     with tracking.stage_run(splits["parent_run_id"], "preprocess"):
         spec = FeatureSpec.from_dict(validated["features"])
-        preprocessor, meta = build_preprocessor(_read_frame(splits["train"]), spec)
-        out = save_preprocessor(preprocessor, meta, ctx.work_dir / "preprocess")
-        mlflow.log_params({"numeric_features": ",".join(spec.numeric), "categorical_features": ",".join(spec.categorical),
-                           "task": spec.task, "n_classes": len(meta.class_names)})
-        mlflow.log_dict({"numeric_means": meta.numeric_means, "vocabularies": meta.vocabularies,
-                         "class_names": meta.class_names}, "preprocessing.json")
+        meta = fit_preprocessing(_read_frame(splits["train"]), spec, options)
+        out = save_preprocessing(meta, ctx.work_dir / "preprocess")
+        mspec = meta.model_spec()
+        mlflow.log_params({"numeric_features": ",".join(spec.numeric)[:6000],
+                           "string_features": ",".join(spec.categorical)[:6000],
+                           "task": spec.task, "n_classes": len(meta.class_names), "numeric_width": mspec.numeric_width,
+                           "embedded_columns": len(mspec.categorical), "text_columns": len(mspec.text)})
+        mlflow.log_dict({"encodings": meta.summary(), "class_names": meta.class_names,
+                         "class_counts": meta.class_counts}, "preprocessing.json")
     return {"parent_run_id": splits["parent_run_id"], **out}
 
 
@@ -193,15 +215,17 @@ def train_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[str, 
 
     cfg = load_run_config(params)
     with tracking.stage_run(splits["parent_run_id"], "train"):
-        mlflow.log_params({"builder": cfg.model.builder, **{f"model_{k}": v for k, v in cfg.model.params.items()},
+        mlflow.log_params({"builder": cfg.model.module or cfg.model.builder,
+                           **{f"model_{k}": v for k, v in cfg.model.params.items()},
                            **{f"training_{k}": v for k, v in cfg.training.__dict__.items()}})
         epochs = tracking.EpochLogger()
         try:
-            result = train(_read_frame(splits["train"]), _read_frame(splits["val"]), preprocessed["preprocessor"],
+            result = train(_read_frame(splits["train"]), _read_frame(splits["val"]),
                            PreprocessMeta.load(preprocessed["meta"]), cfg.model, cfg.training, ctx.work_dir / "train",
                            seed=cfg.split.seed, callbacks=[epochs])
         finally:
             epochs.flush()  # the epochs of a failed attempt too
+        mlflow.log_metrics({"batch_size": result.batch_size, "planned_epochs": result.planned_epochs})
         mlflow.log_params({"strategy": result.strategy, "precision_policy": result.precision_policy})
         mlflow.log_metrics({"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                             "resumed_from_epoch": result.resumed_from_epoch})
@@ -229,7 +253,7 @@ def evaluate_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[st
         if spec.task == "classification":
             keep = y >= 0  # classes never seen in training cannot be scored
             test, y = test[keep].reset_index(drop=True), y[keep]
-        pred = predict_keras(load_model(trained["model"]), test, meta)
+        pred = predict_keras(load_model(trained["model"], meta), test, meta)
 
         def score(p):
             if spec.task == "classification":
@@ -293,7 +317,8 @@ def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[st
         metrics = json.loads(Path(evaluated["metrics_file"]).read_text())["metrics"]
         metadata = {
             "model_name": cfg.serving.model_name, "task": spec.task, "label": spec.label,
-            "features": {"numeric": list(spec.numeric), "categorical": list(spec.categorical)},
+            "features": {"numeric": list(spec.numeric), "categorical": list(spec.categorical),
+                         "kinds": {k: spec.kind(k) for k in spec.names}},
             "class_names": meta.class_names, "dag_id": ctx.dag_id, "dag_run_id": ctx.run_id,
             "mlflow_run_id": splits["parent_run_id"],
             "dataset": {"snapshot": ingested["snapshot"], "digest": ingested["digest"], "rows": ingested["rows"],
@@ -305,7 +330,7 @@ def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[st
         # A retry replaces its own earlier staging copy: the directory is keyed by the DAG run.
         staging = staging_root / f".staging-{paths.safe_key(ctx.run_id)}"
         shutil.rmtree(staging, ignore_errors=True)
-        tmp, diff = write_candidate(load_model(trained["model"]), meta, test, staging_root, metadata, schema)
+        tmp, diff = write_candidate(load_model(trained["model"], meta), meta, test, staging_root, metadata, schema)
         tmp.rename(staging)
         mlflow.log_metric("export_max_abs_diff", diff)
 

@@ -1,6 +1,8 @@
-"""Train: build the model named in the config on top of the adapted preprocessor and fit it.
+"""Train: build the model named in the config (or the user's module) on the processed features and fit it.
 
-Input comes through ``tf.data``; early stopping restores the best weights; ``BackupAndRestore`` checkpoints
+Input comes through ``tf.data``, the preprocessor mapped over it on the host; the sizes of the fit (batch,
+epochs, patience) follow the data unless the config sets them (:func:`plan`); AdamW with a warmup-then-cosine
+learning rate by default; imbalanced classes get class weights; early stopping restores the best weights; ``BackupAndRestore`` checkpoints
 every epoch into the run's work directory so that a retried Airflow task resumes where it stopped. The
 ``tf.distribute`` strategy is chosen from the hardware: TPU, several GPUs (mirrored), one GPU, or CPU.
 """
@@ -13,7 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from pipeline.config import ModelConfig, TrainingConfig
-from pipeline.preprocess import PreprocessMeta, load_preprocessor, make_dataset, model_inputs
+from pipeline.preprocess import PreprocessMeta
 
 if TYPE_CHECKING:
     import keras
@@ -32,6 +34,8 @@ class TrainResult:
     strategy: str
     precision_policy: str
     resumed_from_epoch: int
+    batch_size: int = 0
+    planned_epochs: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -64,45 +68,95 @@ def precision_policy(kind: str, mixed_precision: bool) -> str:
     return "mixed_bfloat16" if kind == "tpu" else "mixed_float16"
 
 
-def build_model(preprocessor: "keras.Model", meta: PreprocessMeta, model_cfg: ModelConfig) -> "keras.Model":
-    """Raw feature inputs -> preprocessor -> the configured builder's body -> task head (in label units)."""
+def build_body(meta: PreprocessMeta, model_cfg: ModelConfig) -> "keras.Model":
+    """Processed features -> the configured builder (or the user's module) -> the task's output: the model that
+    is fitted; the preprocessor runs in front of it in ``tf.data`` (and inside the exported model)."""
     import keras
 
-    from models import get_builder
-
-    spec = meta.feature_spec
-    inputs = model_inputs(spec)
-    x = preprocessor(inputs)
-    n_outputs = len(meta.class_names) if spec.task == "classification" else 1
-    out = get_builder(model_cfg.builder)(x, task=spec.task, n_outputs=n_outputs, **dict(model_cfg.params))
-    if spec.task == "regression":
-        # The body predicts a standardized value; rescaling inside the model keeps the endpoint in label units.
-        out = keras.layers.Rescaling(meta.label_std, offset=meta.label_mean, dtype="float32", name="value")(out)
-        out = keras.layers.Reshape((), name="value_flat")(out)
-    return keras.Model(inputs, out, name=f"{model_cfg.builder}_{spec.task}")
+    mspec = meta.model_spec()
+    inputs = mspec.inputs()
+    out = model_cfg.build_fn()(inputs, mspec, **dict(model_cfg.params))
+    expected = (mspec.n_outputs,) if mspec.task == "classification" else (1,)
+    if tuple(out.shape[1:]) != expected:
+        raise ValueError(f"model builder {model_cfg.label} returned an output of shape {tuple(out.shape)}; "
+                         f"the {mspec.task} head must be (batch, {expected[0]})")
+    return keras.Model(inputs, out, name=f"{model_cfg.module and 'module' or model_cfg.builder}_{mspec.task}")
 
 
-def _optimizer(cfg: TrainingConfig):
+@dataclass(frozen=True)
+class Plan:
+    """The fit's sizes, decided from the data where the config leaves them empty."""
+
+    batch_size: int
+    epochs: int
+    steps_per_epoch: int
+    patience: int
+
+
+def plan(rows: int, cfg: TrainingConfig) -> Plan:
+    import math
+
+    from pipeline.preprocess import auto_batch_size
+
+    batch = cfg.batch_size or auto_batch_size(rows)
+    steps = max(1, math.ceil(rows / batch))
+    epochs = cfg.epochs or int(min(cfg.max_epochs, max(cfg.min_epochs, round(cfg.step_budget / steps))))
+    patience = cfg.early_stopping_patience or max(5, epochs // 10)
+    return Plan(batch, epochs, steps, patience)
+
+
+def _optimizer(cfg: TrainingConfig, total_steps: int):
     import keras
 
-    cls = {"adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW, "sgd": keras.optimizers.SGD,
-           "rmsprop": keras.optimizers.RMSprop}[cfg.optimizer]
-    return cls(learning_rate=cfg.learning_rate)
+    lr = cfg.learning_rate
+    if cfg.lr_schedule == "warmup_cosine":
+        warmup = int(total_steps * cfg.warmup_fraction)
+        lr = keras.optimizers.schedules.CosineDecay(
+            0.0 if warmup else cfg.learning_rate, decay_steps=max(1, total_steps - warmup), alpha=0.02,
+            warmup_target=cfg.learning_rate if warmup else None, warmup_steps=warmup)
+    if cfg.optimizer == "adamw":
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
+    cls = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}[cfg.optimizer]
+    return cls(learning_rate=lr)
 
 
-def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", preprocessor_path: str, meta: PreprocessMeta,
-          model_cfg: ModelConfig, cfg: TrainingConfig, work_dir: str | Path, seed: int = 42,
+def _time_budget(minutes: float):
+    """A callback that stops the fit at the end of the epoch during which ``minutes`` ran out (early stopping
+    then restores the best weights, as for any stop)."""
+    import time
+
+    import keras
+
+    class TimeBudget(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            self.start = time.monotonic()
+            self.stopped = False
+
+        def on_epoch_end(self, epoch, logs=None):
+            if time.monotonic() - self.start > minutes * 60:
+                self.model.stop_training = True
+                if not self.stopped:
+                    print(f"train: training.max_minutes ({minutes}) reached after epoch {epoch + 1}; stopping")
+                self.stopped = True
+
+    return TimeBudget()
+
+
+def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", meta: PreprocessMeta, model_cfg: ModelConfig,
+          cfg: TrainingConfig, work_dir: str | Path, seed: int = 42,
           callbacks: Sequence["keras.callbacks.Callback"] = ()) -> TrainResult:
-    """Fit the model and save it to ``work_dir/model.keras``.
+    """Fit the model and save it to ``work_dir/model.keras`` (the body: processed features in).
 
     Args:
         train_df, val_df: the training and validation splits (raw feature columns plus the label).
-        preprocessor_path: the preprocessor adapted on ``train_df``.
+        meta: the encodings fitted on ``train_df`` (the preprocessor is rebuilt from them).
         work_dir: the run-keyed training directory; ``backup/`` in it holds the resume checkpoint.
         callbacks: extra Keras callbacks (the tracking layer passes its per-epoch MLflow logger here).
     """
     import keras
     import numpy as np
+
+    from pipeline.preprocess import build_preprocessor, class_weights, label_array, processed_dataset
 
     keras.utils.set_random_seed(seed)
     strategy, kind = select_strategy()
@@ -111,38 +165,54 @@ def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", preprocessor_path: s
     work_dir = Path(work_dir)
     backup_dir = work_dir / "backup"
     resumed = _backup_epoch(backup_dir)
+    sizes = plan(len(train_df), cfg)
 
     with strategy.scope():
-        model = build_model(load_preprocessor(preprocessor_path), meta, model_cfg)
+        model = build_body(meta, model_cfg)
         if meta.feature_spec.task == "classification":
             loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
         else:
-            loss, metrics = "mse", ["mae"]
-        model.compile(optimizer=_optimizer(cfg), loss=loss, metrics=metrics)
+            loss, metrics = "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
+        model.compile(optimizer=_optimizer(cfg, sizes.epochs * sizes.steps_per_epoch), loss=loss, metrics=metrics)
 
+    weights = None
+    by_class = class_weights(meta, cfg.class_weight)
+    if by_class is not None:
+        y = label_array(train_df, meta)
+        weights = np.array([by_class.get(int(c), 1.0) for c in y], dtype=np.float32)
+    preprocessor = build_preprocessor(meta)
     has_val = len(val_df) > 0
     monitor = "val_loss" if has_val else "loss"
     history_cb = keras.callbacks.History()
     fit_callbacks = [
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=cfg.early_stopping_patience, restore_best_weights=True),
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=sizes.patience, restore_best_weights=True),
         keras.callbacks.BackupAndRestore(str(backup_dir)),
         history_cb,
+        *([_time_budget(cfg.max_minutes)] if cfg.max_minutes else []),
         *callbacks,
     ]
-    train_ds = make_dataset(train_df, meta, cfg.batch_size, shuffle=True, seed=seed)
-    val_ds = make_dataset(val_df, meta, cfg.batch_size) if has_val else None
-    model.fit(train_ds, validation_data=val_ds, epochs=cfg.epochs, callbacks=fit_callbacks, verbose=2)
+    train_ds = processed_dataset(train_df, meta, preprocessor, sizes.batch_size, shuffle=True, seed=seed,
+                                 weights=weights)
+    val_ds = processed_dataset(val_df, meta, preprocessor, 1024) if has_val else None
+    print(f"train: {len(train_df)} rows, batch size {sizes.batch_size}, up to {sizes.epochs} epochs "
+          f"({sizes.steps_per_epoch} steps each), early stopping patience {sizes.patience}"
+          + (f", class weights {by_class}" if by_class else ""))
+    model.fit(train_ds, validation_data=val_ds, epochs=sizes.epochs, callbacks=fit_callbacks, verbose=2)
 
     history = {k: [float(v) for v in vs] for k, vs in history_cb.history.items()}
     losses = history.get(monitor, [])
     work_dir.mkdir(parents=True, exist_ok=True)
     model_path = work_dir / MODEL_FILE
-    model.save(model_path)
+    tmp_path = work_dir / f".{MODEL_FILE}.tmp.keras"
+    model.save(tmp_path)
+    tmp_path.replace(model_path)
     shutil.rmtree(backup_dir, ignore_errors=True)
     keras.mixed_precision.set_global_policy("float32")
     result = TrainResult(str(model_path), resumed + len(losses), resumed + int(np.argmin(losses)) + 1 if losses else 0,
-                         history, kind, policy, resumed)
-    (work_dir / "train_result.json").write_text(json.dumps(result.to_dict(), indent=2))
+                         history, kind, policy, resumed, sizes.batch_size, sizes.epochs)
+    tmp_json = work_dir / ".train_result.json.tmp"
+    tmp_json.write_text(json.dumps(result.to_dict(), indent=2))
+    tmp_json.replace(work_dir / "train_result.json")
     return result
 
 
@@ -159,19 +229,21 @@ def _backup_epoch(backup_dir: Path) -> int:
 _LOADED: dict[tuple, "keras.Model"] = {}
 
 
-def load_model(path: str | Path) -> "keras.Model":
-    """The trained model saved at ``path``. The last one loaded is kept for as long as the file is unchanged
-    (same size and modification time): when the stages run in one process (``pipeline train``), evaluate and
-    export share one load. Callers only predict with it and export it; they must not change it."""
+def load_model(path: str | Path, meta: PreprocessMeta) -> "keras.Model":
+    """The served model: the preprocessor rebuilt from ``meta`` chained with the trained body saved at ``path``
+    (raw features in, label units out). The last one loaded is kept for as long as the file is unchanged (same
+    size and modification time): when the stages run in one process (``pipeline train``), evaluate and export
+    share one load. Callers only predict with it and export it; they must not change it."""
     import keras
 
-    from pipeline.preprocess import fill_missing_layer
+    from pipeline.encoders import layers
+    from pipeline.preprocess import full_model
 
     stat = Path(path).stat()
-    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns)
+    key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, json.dumps(asdict(meta), sort_keys=True))
     if key not in _LOADED:
-        fill_missing_layer()
-        model = keras.models.load_model(path)
+        layers()
+        model = full_model(meta, keras.models.load_model(path))
         _LOADED.clear()
         _LOADED[key] = model
     return _LOADED[key]

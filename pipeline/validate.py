@@ -1,8 +1,9 @@
 """Validate: infer a schema from the data, check the data against it and against the champion's schema.
 
-The schema records, per column, its kind (numeric, categorical or label), dtype, categorical domain, numeric
-range and null rate. The first run of a model has no reference schema: the data is only checked for sanity
-(usable label, no empty features, no text in numeric columns). Later runs are also compared with the schema
+The schema records, per column, its kind (``pipeline.features.KINDS``, or label), why it was given that kind,
+dtype, categorical domain, numeric range and null rate, and the columns left out with the reason. The first run
+of a model has no reference schema: the data is only checked for sanity (a usable label, no class too rare to
+split, no empty features, no text in numeric columns, one date format per date column). Later runs are also compared with the schema
 stored with the current champion. Blocking anomalies stop the run with a message naming column and problem.
 """
 from __future__ import annotations
@@ -12,13 +13,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipeline.features import CATEGORICAL, NUMERIC, FeatureSpec, resolve_features
+from pipeline.config import FeaturesConfig, LabelsConfig
+from pipeline.features import BOOLEAN, CATEGORICAL, HIGH_CARDINALITY, NUMERIC, FeatureSpec
 
 if TYPE_CHECKING:
     import pandas as pd
 
-# A categorical column whose non-null values mostly parse as numbers is a numeric column with text in it.
-NUMERIC_PARSE_SHARE = 0.9
 # Null-rate increase (absolute) against the reference that warns, and that blocks.
 NULL_RATE_WARN, NULL_RATE_BLOCK = 0.05, 0.3
 MAX_DOMAIN = 1000  # domains larger than this are not stored (free-text-like columns)
@@ -56,71 +56,82 @@ class ValidationResult:
                 "warnings": len(self.anomalies) - len(self.blocking)}
 
 
-def _text_examples(series: "pd.Series") -> tuple[float, list[str]]:
-    """Share of non-null values that parse as numbers, and up to three that do not."""
+def infer_schema(df: "pd.DataFrame", spec: FeatureSpec) -> dict[str, Any]:
+    """Describe each feature and the label of ``df`` (already checked to be usable), and the excluded columns."""
     import pandas as pd
 
-    values = series.dropna()
-    if values.empty:
-        return 0.0, []
-    parsed = pd.to_numeric(values, errors="coerce")
-    bad = values[parsed.isna()]
-    return 1 - len(bad) / len(values), [str(v) for v in bad.unique()[:3]]
-
-
-def infer_schema(df: "pd.DataFrame", spec: FeatureSpec) -> dict[str, Any]:
-    """Describe each feature and the label of ``df`` (already checked to be usable)."""
     columns: dict[str, Any] = {}
     for col in spec.names + (spec.label,):
         s = df[col]
-        kind = "label" if col == spec.label else (NUMERIC if col in spec.numeric else CATEGORICAL)
+        kind = "label" if col == spec.label else spec.kind(col)
         entry: dict[str, Any] = {"kind": kind, "dtype": str(s.dtype), "null_rate": float(s.isna().mean())}
-        treat_as_category = kind == CATEGORICAL or (kind == "label" and spec.task == "classification")
+        if col in spec.details:
+            entry.update({k: v for k, v in spec.details[col].items() if k not in ("pinned",)})
+            entry["pinned"] = bool(spec.details[col].get("pinned"))
+        treat_as_category = kind in (CATEGORICAL, HIGH_CARDINALITY, BOOLEAN) or (
+            kind == "label" and spec.task == "classification")
         if treat_as_category:
-            domain = sorted(str(v) for v in s.dropna().unique())
-            entry["domain"] = domain if len(domain) <= MAX_DOMAIN else None
-        else:
-            entry["min"], entry["max"] = float(s.min()), float(s.max())
-            entry["mean"], entry["std"] = float(s.mean()), float(s.std(ddof=0))
+            domain = sorted(str(v) for v in s.dropna().unique()) if s.nunique() <= MAX_DOMAIN else None
+            entry["domain"] = domain
+            entry["distinct"] = int(s.nunique())
+        elif kind in (NUMERIC, "label"):
+            values = pd.to_numeric(s, errors="coerce")
+            entry["min"], entry["max"] = float(values.min()), float(values.max())
+            entry["mean"], entry["std"] = float(values.mean()), float(values.std(ddof=0))
         columns[col] = entry
-    return {"version": 1, "features": spec.to_dict(), "rows": int(len(df)), "columns": columns}
+    for col, why in spec.excluded.items():
+        columns[col] = {"kind": why.split(":")[0], "dtype": str(df[col].dtype), "null_rate": float(df[col].isna().mean()),
+                        "excluded": why}
+    return {"version": 2, "features": spec.to_dict(), "rows": int(len(df)), "columns": columns}
 
 
-def check_data(df: "pd.DataFrame", spec: FeatureSpec, pinned_numeric: set[str]) -> list[Anomaly]:
-    """Checks that need no reference: a usable label, features that carry values, numbers in numeric columns."""
+def check_label(df: "pd.DataFrame", spec: FeatureSpec, labels: LabelsConfig) -> list[Anomaly]:
+    """A usable label: not empty, numbers for a regression, two classes or more, none too rare to split."""
     import pandas as pd
+
+    from pipeline.preprocess import label_strings
 
     out: list[Anomaly] = []
     label = df[spec.label]
     if label.isna().all():
-        out.append(Anomaly(spec.label, "missing_label", "label column has no values", True))
-    elif spec.task == "classification" and label.nunique() < 2:
-        out.append(Anomaly(spec.label, "constant_label",
-                           f"label has a single class ({label.dropna().iloc[0]!r}); a classifier needs at least two", True))
-    elif spec.task == "regression":
-        if not pd.api.types.is_numeric_dtype(label):
-            share, bad = _text_examples(label)
-            out.append(Anomaly(spec.label, "text_in_numeric", f"regression label has non-numeric values, e.g. {bad}", True))
-        elif label.nunique() < 2:
+        return [Anomaly(spec.label, "missing_label", "label column has no values (every row is missing)", True)]
+    n_missing = int(label.isna().sum())
+    if n_missing:
+        out.append(Anomaly(spec.label, "missing_label", f"{n_missing} of {len(label)} rows have no label and are "
+                                                         "dropped", False))
+    present = label.dropna()
+    if spec.task == "regression":
+        if not pd.api.types.is_numeric_dtype(present):
+            bad = present[pd.to_numeric(present, errors="coerce").isna()]
+            out.append(Anomaly(spec.label, "text_in_numeric",
+                               f"regression label has non-numeric values, e.g. {[str(v) for v in bad.unique()[:3]]}", True))
+        elif present.nunique() < 2:
             out.append(Anomaly(spec.label, "constant_label", "regression label is constant", True))
-    elif label.isna().any():
-        out.append(Anomaly(spec.label, "missing_label", f"{int(label.isna().sum())} rows have no label and are dropped", False))
-    for col in spec.names:
-        s = df[col]
-        if s.isna().all():
-            out.append(Anomaly(col, "all_missing", "all values are missing (NaN/empty)", True))
-            continue
-        if col in spec.numeric and not pd.api.types.is_numeric_dtype(s):
-            share, bad = _text_examples(s)
-            out.append(Anomaly(col, "text_in_numeric", f"numeric column contains text values, e.g. {bad}", True))
-        elif col in spec.categorical and col not in pinned_numeric and not pd.api.types.is_numeric_dtype(s):
-            share, bad = _text_examples(s)
-            if share >= NUMERIC_PARSE_SHARE and bad:
-                n = int(s.notna().sum())
-                n_text = n - int(round(share * n))
-                out.append(Anomaly(col, "text_in_numeric",
-                                   f"numeric column has text: {n_text} of {n} values are not numbers, e.g. {bad}; "
-                                   "fix the data or declare the column categorical in the config", True))
+        return out
+    counts = pd.Series(label_strings(present)).value_counts()
+    if len(counts) < 2:
+        out.append(Anomaly(spec.label, "constant_label",
+                           f"label has a single class ({counts.index[0]!r}); a classifier needs at least two", True))
+        return out
+    rare = counts[counts < labels.min_class_rows]
+    if len(rare):
+        listed = ", ".join(f"{k!r} ({v} rows)" for k, v in rare.items())
+        if labels.rare_classes == "error":
+            out.append(Anomaly(spec.label, "rare_class",
+                               f"class(es) with fewer than {labels.min_class_rows} rows: {listed}; too few to split, "
+                               f"train and evaluate; set labels.rare_classes: merge (into {labels.merged_class!r}) or "
+                               "drop, or fix the data", True))
+        else:
+            verb = f"merged into {labels.merged_class!r}" if labels.rare_classes == "merge" else "dropped"
+            out.append(Anomaly(spec.label, "rare_class", f"rare class(es) {verb}: {listed}", False))
+            left = len(counts) - len(rare) + (1 if labels.rare_classes == "merge" else 0)
+            if left < 2:
+                out.append(Anomaly(spec.label, "constant_label", f"after the rare classes are {verb}, fewer than "
+                                                                  "two classes are left", True))
+    ratio = counts.iloc[0] / counts.iloc[-1]
+    if ratio >= 4:
+        out.append(Anomaly(spec.label, "imbalanced", f"classes are imbalanced: {counts.index[0]!r} has "
+                                                      f"{ratio:.1f}x the rows of {counts.index[-1]!r}", False))
     return out
 
 
@@ -149,22 +160,40 @@ def compare_with_reference(schema: dict[str, Any], reference: dict[str, Any]) ->
     return out
 
 
-def validate(df: "pd.DataFrame", label: str, task: str | None, numeric=(), categorical=(), exclude=(),
+def validate(df: "pd.DataFrame", label: str, task: str | None, features: FeaturesConfig = FeaturesConfig(),
+             labels: LabelsConfig = LabelsConfig(), not_features: tuple[str, ...] = (),
              reference: dict[str, Any] | None = None, source: str = "") -> ValidationResult:
-    """Resolve the feature contract, check the data, and compare it with a reference schema if there is one.
+    """Resolve the feature contract (kinds inferred or pinned), check the data and the label, and compare with a
+    reference schema if there is one. Excluded columns (identifiers, constants) are reported as warnings.
 
     Raises:
         ValidationError: with every blocking anomaly, each naming its column.
     """
-    from pipeline.features import column_key
+    from pipeline.features import FeatureError, InferenceOptions, column_key, resolve_features
 
     if column_key(label) not in df.columns:
         raise ValidationError([Anomaly(label, "missing_column", "label column not found", True)], source)
-    try:
-        spec = resolve_features(df, label, task, numeric, categorical, exclude)
-    except ValueError as exc:
-        raise ValidationError([Anomaly("*", "features", str(exc), True)], source) from exc
-    anomalies = check_data(df, spec, {column_key(c) for c in numeric})
+    options = InferenceOptions(max_vocabulary=features.max_vocabulary, id_unique_ratio=features.id_unique_ratio,
+                               text_min_words=features.text_min_words)
+    anomalies: list[Anomaly] = []
+    kinds = dict(features.kinds)
+    spec = None
+    # Every column that cannot be used is reported at once (not only the first), then the run stops.
+    for _ in range(len(df.columns) + 1):
+        try:
+            spec = resolve_features(df, label, task, kinds=kinds, not_features=not_features, options=options)
+            break
+        except FeatureError as exc:
+            anomalies.append(Anomaly(exc.column, exc.problem, str(exc), True))
+            if exc.column == "*" or exc.column in kinds and kinds[exc.column] == "exclude":
+                break
+            kinds[exc.column] = "exclude"
+    if spec is None or any(a.blocking for a in anomalies):
+        raise ValidationError(anomalies, source)
+    for col, why in spec.excluded.items():
+        if not why.startswith("exclude"):
+            anomalies.append(Anomaly(col, why.split(":")[0], f"not used as a feature: {why}", False))
+    anomalies += check_label(df, spec, labels)
     if any(a.blocking for a in anomalies):
         raise ValidationError(anomalies, source)
     schema = infer_schema(df, spec)
@@ -174,6 +203,16 @@ def validate(df: "pd.DataFrame", label: str, task: str | None, numeric=(), categ
     if result.blocking:
         raise ValidationError(anomalies, source)
     return result
+
+
+def feature_table(schema: dict[str, Any]) -> str:
+    """The schema's columns as a markdown table (for the validate stage's MLflow run)."""
+    lines = ["| column | kind | dtype | missing | distinct | why |", "|---|---|---|---:|---:|---|"]
+    for col, c in schema["columns"].items():
+        why = c.get("excluded") or c.get("why") or ("pinned in the config" if c.get("pinned") else "")
+        distinct = c.get("distinct", "")
+        lines.append(f"| {col} | {c['kind']} | {c['dtype']} | {c['null_rate']:.1%} | {distinct} | {why} |")
+    return "\n".join(lines) + "\n"
 
 
 def load_schema(path: str | Path) -> dict[str, Any]:

@@ -1,0 +1,147 @@
+"""Keras layers that turn one raw column into numbers, in TensorFlow ops, so the same code runs in the
+``tf.data`` input pipeline during training and inside the exported SavedModel at the endpoint.
+
+Each layer takes a rank-1 batch of raw values (float32 for numeric columns, strings otherwise) and returns a
+float32 matrix ``(batch, width)``. Their parameters (quantiles, date statistics) are plain numbers fitted on the
+training split by :mod:`pipeline.preprocess` and passed in; nothing here looks at data.
+"""
+from __future__ import annotations
+
+import math
+
+_LAYERS: dict[str, type] | None = None
+
+
+def layers() -> dict[str, type]:
+    """The registered layer classes by name (registered on first use, so importing this module is cheap)."""
+    global _LAYERS
+    if _LAYERS is None:
+        _LAYERS = _define()
+    return _LAYERS
+
+
+def _define() -> dict[str, type]:
+    import keras
+    import tensorflow as tf
+
+    from pipeline.features import DATE_FORMATS, TRUE_STRINGS, FALSE_STRINGS
+
+    @keras.saving.register_keras_serializable(package="pipeline")
+    class QuantileNormal(keras.layers.Layer):
+        """A number -> its quantile in the training split (piecewise linear between the stored quantiles),
+        mapped to a standard normal value; missing (NaN) -> the median, plus a 0/1 missing indicator when the
+        training split had missing values. Robust to skew and outliers, as trees are: only the rank matters."""
+
+        def __init__(self, values=(0.0,), probabilities=(0.5,), fill=0.0, indicator=False, **kwargs):
+            super().__init__(**kwargs)
+            self.values, self.probabilities = [float(v) for v in values], [float(p) for p in probabilities]
+            self.fill, self.indicator = float(fill), bool(indicator)
+
+        def call(self, x):
+            x = tf.cast(tf.reshape(x, [-1]), tf.float32)
+            missing = tf.math.is_nan(x)
+            x = tf.where(missing, self.fill, x)
+            v = tf.constant(self.values, tf.float32)
+            p = tf.constant(self.probabilities, tf.float32)
+            if len(self.values) == 1:
+                q = tf.where(x < v[0], 0.0, tf.where(x > v[0], 1.0, p[0]))
+            else:
+                i = tf.clip_by_value(tf.searchsorted(v, x, side="right"), 1, len(self.values) - 1)
+                lo, hi = tf.gather(v, i - 1), tf.gather(v, i)
+                plo, phi = tf.gather(p, i - 1), tf.gather(p, i)
+                t = tf.clip_by_value(tf.math.divide_no_nan(x - lo, hi - lo), 0.0, 1.0)
+                q = plo + t * (phi - plo)
+            z = tf.math.ndtri(tf.clip_by_value(q, 1e-3, 1 - 1e-3))
+            cols = [z] + ([tf.cast(missing, tf.float32)] if self.indicator else [])
+            return tf.stack(cols, axis=1)
+
+        def get_config(self):
+            return {**super().get_config(), "values": self.values, "probabilities": self.probabilities,
+                    "fill": self.fill, "indicator": self.indicator}
+
+    @keras.saving.register_keras_serializable(package="pipeline")
+    class BooleanValue(keras.layers.Layer):
+        """"true"/"yes"/"1"... -> 1, "false"/"no"/"0"... -> 0, anything else (missing) -> 0.5 and a missing
+        indicator when the training split had missing values."""
+
+        def __init__(self, indicator=False, **kwargs):
+            super().__init__(**kwargs)
+            self.indicator = bool(indicator)
+
+        def call(self, x):
+            s = tf.strings.lower(tf.strings.strip(tf.reshape(x, [-1])))
+            is_true = tf.reduce_any(tf.equal(tf.expand_dims(s, 1), tf.constant(sorted(TRUE_STRINGS))), axis=1)
+            is_false = tf.reduce_any(tf.equal(tf.expand_dims(s, 1), tf.constant(sorted(FALSE_STRINGS))), axis=1)
+            missing = ~(is_true | is_false)
+            value = tf.where(is_true, 1.0, tf.where(is_false, 0.0, 0.5))
+            cols = [value] + ([tf.cast(missing, tf.float32)] if self.indicator else [])
+            return tf.stack(cols, axis=1)
+
+        def get_config(self):
+            return {**super().get_config(), "indicator": self.indicator}
+
+    @keras.saving.register_keras_serializable(package="pipeline")
+    class DateParts(keras.layers.Layer):
+        """A date string -> elapsed time (standardized on the training split), year (standardized), and month,
+        day of month, day of week and, with times, hour of day as points on a circle (sin, cos), so December is
+        next to January and 23:00 next to 00:00; plus a missing indicator. Unparseable strings count as missing.
+        Parsing is a regular expression and Howard Hinnant's days-from-civil arithmetic in TensorFlow ops."""
+
+        def __init__(self, fmt="ymd", has_time=False, elapsed_mean=0.0, elapsed_std=1.0, year_mean=2000.0,
+                     year_std=1.0, **kwargs):
+            super().__init__(**kwargs)
+            self.fmt, self.has_time = str(fmt), bool(has_time)
+            self.elapsed_mean, self.elapsed_std = float(elapsed_mean), float(elapsed_std) or 1.0
+            self.year_mean, self.year_std = float(year_mean), float(year_std) or 1.0
+
+        def parts(self, x):
+            """(year, month, day, hour, minute, second) as float64 and the parsed mask, for a batch of strings."""
+            s = tf.strings.strip(tf.reshape(x, [-1]))
+            pattern = DATE_FORMATS[self.fmt]
+            ok = tf.strings.regex_full_match(s, pattern)
+            order = r"\1 \2 \3" if self.fmt == "ymd" else r"\3 \1 \2"
+            # "0\4" keeps an absent time group a number ("0") and a present one unchanged ("012" is 12).
+            canon = tf.strings.regex_replace(s, pattern, order + r" 0\4 0\5 0\6")
+            canon = tf.where(ok, canon, "1970 1 1 0 0 0")
+            fields = tf.strings.to_number(tf.strings.split(canon, " ").to_tensor(default_value="0", shape=[None, 6]),
+                                          tf.float64)
+            return [fields[:, i] for i in range(6)], ok
+
+        def call(self, x):
+            (y, m, d, hh, mm, ss), ok = self.parts(x)
+            # days since 1970-01-01 (proleptic Gregorian), valid for any year
+            y2 = y - tf.cast(m <= 2, tf.float64)
+            era = tf.floor(y2 / 400.0)
+            yoe = y2 - era * 400.0
+            mp = tf.where(m > 2, m - 3.0, m + 9.0)
+            doy = tf.floor((153.0 * mp + 2.0) / 5.0) + d - 1.0
+            doe = yoe * 365.0 + tf.floor(yoe / 4.0) - tf.floor(yoe / 100.0) + doy
+            days = era * 146097.0 + doe - 719468.0
+            frac = (hh * 3600.0 + mm * 60.0 + ss) / 86400.0
+            elapsed = tf.cast((days + frac - self.elapsed_mean) / self.elapsed_std, tf.float32)
+            year = tf.cast((y - self.year_mean) / self.year_std, tf.float32)
+            okf = tf.cast(ok, tf.float32)
+            tau = 2.0 * math.pi
+
+            def circle(value, period):
+                angle = tf.cast(value / period * tau, tf.float32)
+                return [tf.sin(angle) * okf, tf.cos(angle) * okf]
+
+            dow = tf.math.floormod(days + 4.0, 7.0)  # 1970-01-01 was a Thursday (4 with Monday = 0)
+            cols = [elapsed * okf, year * okf, *circle(m - 1.0, 12.0), *circle(d - 1.0, 31.0), *circle(dow, 7.0)]
+            if self.has_time:
+                cols += circle(hh + mm / 60.0, 24.0)
+            cols.append(1.0 - okf)
+            return tf.stack(cols, axis=1)
+
+        def get_config(self):
+            return {**super().get_config(), "fmt": self.fmt, "has_time": self.has_time,
+                    "elapsed_mean": self.elapsed_mean, "elapsed_std": self.elapsed_std,
+                    "year_mean": self.year_mean, "year_std": self.year_std}
+
+    return {"QuantileNormal": QuantileNormal, "BooleanValue": BooleanValue, "DateParts": DateParts}
+
+
+def date_width(has_time: bool) -> int:
+    """Columns :class:`DateParts` outputs: elapsed, year, 3 circles, (hour circle), missing."""
+    return 2 + 6 + (2 if has_time else 0) + 1
