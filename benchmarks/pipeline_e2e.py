@@ -42,7 +42,7 @@ def plain(home: Path, epochs: int) -> None:
     from pipeline.export import SCHEMA_FILE, predict_keras, predict_saved_model, publish, write_candidate
     from pipeline.features import FeatureSpec
     from pipeline.ingest import ingest
-    from pipeline.preprocess import build_preprocessor, feature_arrays, label_array, save_preprocessor
+    from pipeline.preprocess import feature_arrays, fit_preprocessing, label_array, save_preprocessing
     from pipeline.split import split_frame
     from pipeline.train import load_model, train
     from pipeline.validate import load_schema, validate
@@ -55,16 +55,15 @@ def plain(home: Path, epochs: int) -> None:
     run = f"plain{version}"
     snap = ingest(cfg.source, paths.data_dir(run), cfg.label)
     df = pd.read_parquet(snap.path)
-    f = cfg.features
     reference = load_schema(champion / "assets.extra" / SCHEMA_FILE) if champion else None
-    result = validate(df, cfg.label, cfg.task, f.numeric, f.categorical, f.exclude, reference=reference)
+    result = validate(df, cfg.label, cfg.task, cfg.features, cfg.labels, reference=reference)
     spec = FeatureSpec.from_dict(result.schema["features"])
-    parts = split_frame(df, spec.label, cfg.split, spec.task)
-    pre, meta = build_preprocessor(parts["train"], spec)
-    pre_path = save_preprocessor(pre, meta, paths.run_dir(run) / "preprocess")["preprocessor"]
-    trained = train(parts["train"], parts["val"], pre_path, meta, cfg.model, cfg.training, paths.run_dir(run) / "train",
+    parts = split_frame(df, spec.label, cfg.split, spec.task, cfg.labels)
+    meta = fit_preprocessing(parts["train"], spec)
+    save_preprocessing(meta, paths.run_dir(run) / "preprocess")
+    trained = train(parts["train"], parts["val"], meta, cfg.model, cfg.training, paths.run_dir(run) / "train",
                     seed=cfg.split.seed)
-    model = load_model(trained.model_path)
+    model = load_model(trained.model_path, meta)
     y = label_array(parts["test"], meta)
     metrics = classification_metrics(y, predict_keras(model, parts["test"], meta), meta.class_names)
     champion_metrics = (classification_metrics(y, predict_saved_model(champion, parts["test"], spec), meta.class_names)

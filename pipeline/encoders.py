@@ -28,14 +28,20 @@ def _define() -> dict[str, type]:
 
     @keras.saving.register_keras_serializable(package="pipeline")
     class QuantileNormal(keras.layers.Layer):
-        """A number -> its quantile in the training split (piecewise linear between the stored quantiles),
-        mapped to a standard normal value; missing (NaN) -> the median, plus a 0/1 missing indicator when the
-        training split had missing values. Robust to skew and outliers, as trees are: only the rank matters."""
+        """A number -> two values: its quantile in the training split (piecewise linear between the stored
+        quantiles) mapped to a standard normal value, robust to skew and outliers as trees are (only the rank
+        matters); and the number standardized (training mean and std, clipped to +-CLIP), which keeps linear
+        relations linear. Missing (NaN) -> the median, plus a 0/1 missing indicator when the training split had
+        missing values."""
 
-        def __init__(self, values=(0.0,), probabilities=(0.5,), fill=0.0, indicator=False, **kwargs):
+        CLIP = 5.0
+
+        def __init__(self, values=(0.0,), probabilities=(0.5,), fill=0.0, indicator=False, mean=0.0, std=1.0,
+                     **kwargs):
             super().__init__(**kwargs)
             self.values, self.probabilities = [float(v) for v in values], [float(p) for p in probabilities]
             self.fill, self.indicator = float(fill), bool(indicator)
+            self.mean, self.std = float(mean), float(std) or 1.0
 
         def call(self, x):
             x = tf.cast(tf.reshape(x, [-1]), tf.float32)
@@ -52,12 +58,13 @@ def _define() -> dict[str, type]:
                 t = tf.clip_by_value(tf.math.divide_no_nan(x - lo, hi - lo), 0.0, 1.0)
                 q = plo + t * (phi - plo)
             z = tf.math.ndtri(tf.clip_by_value(q, 1e-3, 1 - 1e-3))
-            cols = [z] + ([tf.cast(missing, tf.float32)] if self.indicator else [])
+            linear = tf.clip_by_value((x - self.mean) / self.std, -self.CLIP, self.CLIP)
+            cols = [z, linear] + ([tf.cast(missing, tf.float32)] if self.indicator else [])
             return tf.stack(cols, axis=1)
 
         def get_config(self):
             return {**super().get_config(), "values": self.values, "probabilities": self.probabilities,
-                    "fill": self.fill, "indicator": self.indicator}
+                    "fill": self.fill, "indicator": self.indicator, "mean": self.mean, "std": self.std}
 
     @keras.saving.register_keras_serializable(package="pipeline")
     class BooleanValue(keras.layers.Layer):
@@ -127,7 +134,7 @@ def _define() -> dict[str, type]:
                 angle = tf.cast(value / period * tau, tf.float32)
                 return [tf.sin(angle) * okf, tf.cos(angle) * okf]
 
-            dow = tf.math.floormod(days + 4.0, 7.0)  # 1970-01-01 was a Thursday (4 with Monday = 0)
+            dow = tf.math.floormod(days + 3.0, 7.0)  # 1970-01-01 was a Thursday (3 with Monday = 0)
             cols = [elapsed * okf, year * okf, *circle(m - 1.0, 12.0), *circle(d - 1.0, 31.0), *circle(dow, 7.0)]
             if self.has_time:
                 cols += circle(hh + mm / 60.0, 24.0)
@@ -140,6 +147,11 @@ def _define() -> dict[str, type]:
                     "year_mean": self.year_mean, "year_std": self.year_std}
 
     return {"QuantileNormal": QuantileNormal, "BooleanValue": BooleanValue, "DateParts": DateParts}
+
+
+def numeric_width(indicator: bool) -> int:
+    """Columns :class:`QuantileNormal` outputs: quantile-normal, standardized, (missing)."""
+    return 3 if indicator else 2
 
 
 def date_width(has_time: bool) -> int:

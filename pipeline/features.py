@@ -191,7 +191,7 @@ def looks_like_dates(values: "pd.Series") -> bool:
     import pandas as pd
 
     sample = values.astype(str).head(2000)
-    if not sample.str.contains(r"\d", regex=True).all() or not sample.str.contains(r"[-/:]", regex=True).mean() > 0.9:
+    if not sample.str.contains(r"\d", regex=True).all() or not sample.str.contains(r"\d[-/.: ]\w", regex=True).mean() > 0.9:
         return False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -242,13 +242,6 @@ def infer_kind(name: str, s: "pd.Series", opts: InferenceOptions = InferenceOpti
     if fmt is not None:
         return DATETIME, {**details, "format": fmt, "has_time": found["has_time"]}, \
             f"dates ({DATE_FORMAT_NAMES[fmt]})"
-    if looks_like_dates(values):
-        shares = ", ".join(f"{DATE_FORMAT_NAMES[k]} {v:.0%}" for k, v in found["shares"].items())
-        examples = [str(v) for v in values.drop_duplicates().head(200).sample(frac=1, random_state=0).head(4)]
-        raise FeatureError(name, "mixed_date_formats",
-                           f"column {name!r}: dates in mixed or unsupported formats (e.g. {examples}; {shares}); "
-                           f"the model parses one of {', '.join(DATE_FORMAT_NAMES.values())}: write the column in "
-                           f"one of them, or pin it as categorical/text/exclude in the config")
     share, bad = numeric_share(values)
     if share >= 0.9:
         bad_lower = set(bad.str.strip().str.lower().unique())
@@ -263,6 +256,13 @@ def infer_kind(name: str, s: "pd.Series", opts: InferenceOptions = InferenceOpti
                            f"column {name!r}: numeric column has text: {len(bad)} of {n} values are not numbers, "
                            f"e.g. {[str(v) for v in bad.unique()[:3]]}; fix the data or pin the column as "
                            f"categorical in the config")
+    if looks_like_dates(values):
+        shares = ", ".join(f"{DATE_FORMAT_NAMES[k]} {v:.0%}" for k, v in found["shares"].items())
+        examples = [str(v) for v in values.drop_duplicates().head(200).sample(frac=1, random_state=0).head(4)]
+        raise FeatureError(name, "mixed_date_formats",
+                           f"column {name!r}: dates in mixed or unsupported formats (e.g. {examples}; {shares}); "
+                           f"the model parses one of {', '.join(DATE_FORMAT_NAMES.values())}: write the column in "
+                           f"one of them, or pin it as categorical/text/exclude in the config")
     words = float(values.head(20000).str.split().str.len().mean())
     ratio = distinct / n
     details["mean_words"] = round(words, 2)

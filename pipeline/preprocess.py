@@ -100,9 +100,9 @@ class PreprocessMeta:
         return FeatureSpec.from_dict(self.spec)
 
     def model_spec(self) -> ModelSpec:
-        from pipeline.encoders import date_width
+        from pipeline.encoders import date_width, numeric_width
 
-        width = sum(2 if p["indicator"] else 1 for p in self.numeric.values())
+        width = sum(numeric_width(p["indicator"]) for p in self.numeric.values())
         width += sum(2 if p["indicator"] else 1 for p in self.boolean.values())
         width += sum(date_width(p["has_time"]) for p in self.datetime.values())
         spec = self.feature_spec
@@ -144,7 +144,8 @@ def string_values(s: "pd.Series") -> "np.ndarray":
     missing = s.isna().to_numpy()
     if pd.api.types.is_datetime64_any_dtype(s):
         text = s.dt.strftime("%Y-%m-%d %H:%M:%S")
-    elif pd.api.types.is_bool_dtype(s):
+    elif pd.api.types.is_bool_dtype(s) or (s.dtype == object and s.notna().any()
+                                           and s.dropna().map(lambda v: isinstance(v, (bool, np.bool_))).all()):
         text = s.map({True: "true", False: "false"})
     elif pd.api.types.is_float_dtype(s):
         v = s.to_numpy(dtype=np.float64, na_value=np.nan)
@@ -191,14 +192,15 @@ def _quantiles(values: "np.ndarray") -> dict:
 
     present = values[~np.isnan(values)]
     if present.size == 0:
-        return {"values": [0.0], "probabilities": [0.5], "fill": 0.0, "indicator": True}
+        return {"values": [0.0], "probabilities": [0.5], "fill": 0.0, "indicator": True, "mean": 0.0, "std": 1.0}
     probs = np.linspace(0, 1, min(N_QUANTILES, max(2, present.size)))
     qs = np.quantile(present.astype(np.float64), probs)
     # Tied quantiles (a column of few distinct values) become one point at the middle of their probability mass.
     uniq, inverse = np.unique(qs, return_inverse=True)
     mid = np.bincount(inverse, weights=probs) / np.bincount(inverse)
+    filled = np.where(np.isnan(values), np.median(present), values).astype(np.float64)
     return {"values": uniq.tolist(), "probabilities": mid.tolist(), "fill": float(np.median(present)),
-            "indicator": bool(np.isnan(values).any())}
+            "indicator": bool(np.isnan(values).any()), "mean": float(filled.mean()), "std": float(filled.std() or 1.0)}
 
 
 def _vocabulary(values: "np.ndarray", opts: EncodingOptions, high: bool) -> dict:

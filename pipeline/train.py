@@ -197,7 +197,7 @@ def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", meta: PreprocessMeta
     print(f"train: {len(train_df)} rows, batch size {sizes.batch_size}, up to {sizes.epochs} epochs "
           f"({sizes.steps_per_epoch} steps each), early stopping patience {sizes.patience}"
           + (f", class weights {by_class}" if by_class else ""))
-    model.fit(train_ds, validation_data=val_ds, epochs=sizes.epochs, callbacks=fit_callbacks, verbose=2)
+    model.fit(train_ds, validation_data=val_ds, epochs=sizes.epochs, callbacks=fit_callbacks, verbose=2, shuffle=False)
 
     history = {k: [float(v) for v in vs] for k, vs in history_cb.history.items()}
     losses = history.get(monitor, [])

@@ -184,7 +184,7 @@ def validate(df: "pd.DataFrame", label: str, task: str | None, features: Feature
             spec = resolve_features(df, label, task, kinds=kinds, not_features=not_features, options=options)
             break
         except FeatureError as exc:
-            anomalies.append(Anomaly(exc.column, exc.problem, str(exc), True))
+            anomalies.append(Anomaly(exc.column, exc.problem, str(exc).removeprefix(f"column {exc.column!r}: "), True))
             if exc.column == "*" or exc.column in kinds and kinds[exc.column] == "exclude":
                 break
             kinds[exc.column] = "exclude"

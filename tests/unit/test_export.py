@@ -9,7 +9,7 @@ import tensorflow as tf
 from pipeline.config import ModelConfig, TrainingConfig
 from pipeline.export import ExportError, predict_keras, predict_saved_model, publish, write_candidate
 from pipeline.features import FeatureSpec
-from pipeline.preprocess import build_preprocessor, save_preprocessor
+from pipeline.preprocess import fit_preprocessing
 from pipeline.train import load_model, train
 
 SPEC = FeatureSpec(("x",), ("color",), "label", "classification")
@@ -22,10 +22,9 @@ def trained(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("export")
     frame = pd.DataFrame({"x": [0.1, 0.2, np.nan, 2.1, 2.2, 2.3], "color": ["r", "b", None, "g", "g", "r"],
                           "label": ["a", "a", "a", "b", "b", "b"]})
-    pre, meta = build_preprocessor(frame, SPEC)
-    pre_path = save_preprocessor(pre, meta, tmp / "pre")["preprocessor"]
-    result = train(frame, frame, pre_path, meta, ModelConfig("linear"), TrainingConfig(epochs=3, batch_size=2), tmp / "t")
-    return load_model(result.model_path), meta, frame
+    meta = fit_preprocessing(frame, SPEC)
+    result = train(frame, frame, meta, ModelConfig("linear"), TrainingConfig(epochs=3, batch_size=2), tmp / "t")
+    return load_model(result.model_path, meta), meta, frame
 
 
 def test_signature_takes_raw_features_by_name(tmp_path, trained):

@@ -6,25 +6,24 @@ import pandas as pd
 
 from pipeline.config import ModelConfig, TrainingConfig
 from pipeline.features import FeatureSpec
-from pipeline.preprocess import build_preprocessor, save_preprocessor
-from pipeline.train import load_model, precision_policy, train
+from pipeline.preprocess import fit_preprocessing
+from pipeline.train import load_model, plan, precision_policy, train
 
 SPEC = FeatureSpec(("x",), ("color",), "label", "classification")
 
 
 def _prepared(tmp_path, frame, spec=SPEC):
-    pre, meta = build_preprocessor(frame, spec)
-    return save_preprocessor(pre, meta, tmp_path / "pre")["preprocessor"], meta
+    return fit_preprocessing(frame, spec)
 
 
 def test_training_reduces_loss_and_saves_model(tmp_path, tiny_frame):
-    pre_path, meta = _prepared(tmp_path, tiny_frame)
-    result = train(tiny_frame, tiny_frame, pre_path, meta, ModelConfig("mlp", {"hidden_units": [8]}),
-                   TrainingConfig(epochs=30, batch_size=4, learning_rate=0.05, early_stopping_patience=30), tmp_path / "t")
+    meta = _prepared(tmp_path, tiny_frame)
+    result = train(tiny_frame, tiny_frame, meta, ModelConfig("mlp", {"hidden_units": [8]}),
+                   TrainingConfig(epochs=30, batch_size=4, learning_rate=0.05, early_stopping_patience=30, lr_schedule="constant"), tmp_path / "t")
     loss = result.history["loss"]
     assert loss[-1] < loss[0] * 0.5
     assert result.strategy == "cpu" and result.precision_policy == "float32"
-    model = load_model(result.model_path)
+    model = load_model(result.model_path, meta)
     from pipeline.export import predict_keras
 
     assert (predict_keras(model, tiny_frame, meta).argmax(axis=1) == [0] * 6 + [1] * 6).mean() >= 0.9
@@ -33,7 +32,7 @@ def test_training_reduces_loss_and_saves_model(tmp_path, tiny_frame):
 
 def test_retry_resumes_from_backup(tmp_path, tiny_frame):
     """A task killed mid-training resumes at the epoch it reached (BackupAndRestore), not from scratch."""
-    pre_path, meta = _prepared(tmp_path, tiny_frame)
+    meta = _prepared(tmp_path, tiny_frame)
     cfg = TrainingConfig(epochs=6, batch_size=4, early_stopping_patience=100)
 
     class Crash(keras.callbacks.Callback):
@@ -42,11 +41,11 @@ def test_retry_resumes_from_backup(tmp_path, tiny_frame):
                 raise RuntimeError("worker lost")
 
     try:
-        train(tiny_frame, tiny_frame, pre_path, meta, ModelConfig("linear"), cfg, tmp_path / "t", callbacks=[Crash()])
+        train(tiny_frame, tiny_frame, meta, ModelConfig("linear"), cfg, tmp_path / "t", callbacks=[Crash()])
     except RuntimeError:
         pass
     assert (tmp_path / "t" / "backup").exists()
-    result = train(tiny_frame, tiny_frame, pre_path, meta, ModelConfig("linear"), cfg, tmp_path / "t")
+    result = train(tiny_frame, tiny_frame, meta, ModelConfig("linear"), cfg, tmp_path / "t")
     assert result.resumed_from_epoch == 3
     assert result.epochs_run == 6 and len(result.history["loss"]) == 3
 
@@ -56,12 +55,12 @@ def test_regression_predicts_in_label_units(tmp_path):
     x = rng.uniform(0, 10, 200)
     frame = pd.DataFrame({"x": x, "y": 1000 + 50 * x})
     spec = FeatureSpec(("x",), (), "y", "regression")
-    pre_path, meta = _prepared(tmp_path, frame, spec)
-    result = train(frame, frame, pre_path, meta, ModelConfig("linear"),
-                   TrainingConfig(epochs=60, batch_size=16, learning_rate=0.05, early_stopping_patience=60), tmp_path / "t")
+    meta = _prepared(tmp_path, frame, spec)
+    result = train(frame, frame, meta, ModelConfig("linear"),
+                   TrainingConfig(epochs=60, batch_size=16, learning_rate=0.05, early_stopping_patience=60, lr_schedule="constant"), tmp_path / "t")
     from pipeline.export import predict_keras
 
-    pred = predict_keras(load_model(result.model_path), frame, meta)
+    pred = predict_keras(load_model(result.model_path, meta), frame, meta)
     assert np.mean(np.abs(pred - frame["y"])) < 20  # label std is ~145: the model learned, in label units
 
 
@@ -70,3 +69,57 @@ def test_precision_policy():
     assert precision_policy("gpu", True) == "mixed_float16"
     assert precision_policy("tpu", True) == "mixed_bfloat16"
     assert precision_policy("gpu", False) == "float32"
+
+
+def test_plan_scales_with_the_data():
+    cfg = TrainingConfig()
+    small, large = plan(240, cfg), plan(300_000, cfg)
+    assert (small.batch_size, small.epochs) == (32, cfg.max_epochs)          # 8 steps an epoch: the epoch cap
+    assert large.batch_size == 512 and large.epochs == round(cfg.step_budget / large.steps_per_epoch)
+    assert large.patience == max(5, large.epochs // 10)
+    pinned = plan(300_000, TrainingConfig(epochs=3, batch_size=64, early_stopping_patience=2))
+    assert (pinned.batch_size, pinned.epochs, pinned.patience) == (64, 3, 2)
+
+
+def test_time_budget_stops_the_fit(tmp_path, tiny_frame):
+    import time
+
+    class Slow(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            time.sleep(0.4)
+
+    meta = _prepared(tmp_path, tiny_frame)
+    result = train(tiny_frame, tiny_frame, meta, ModelConfig("linear"),
+                   TrainingConfig(epochs=500, batch_size=4, early_stopping_patience=500, max_minutes=0.01), tmp_path / "t",
+                   callbacks=[Slow()])
+    assert 1 <= result.epochs_run < 10  # 0.6 s of budget, 0.4 s an epoch
+
+
+def test_builder_output_shape_is_checked(tmp_path, tiny_frame):
+    import pytest
+
+    from pipeline.train import build_body
+
+    meta = _prepared(tmp_path, tiny_frame)
+    bad = ModelConfig(module="tests.unit.test_train:wrong_head")
+    with pytest.raises(ValueError, match=r"returned an output of shape .*\(batch, 2\)"):
+        build_body(meta, bad)
+
+
+def wrong_head(inputs, spec):
+    import keras
+
+    from models.layers import encode
+
+    return keras.layers.Dense(5)(encode(inputs, spec))
+
+
+def test_every_builder_trains_on_every_kind(tmp_path):
+    """tabular, mlp and linear take numeric, categorical, high-cardinality, text and date inputs."""
+    from tests.unit.test_preprocess import mixed_frame, mixed_spec
+
+    df = mixed_frame(120)
+    meta = fit_preprocessing(df, mixed_spec(df))
+    for name in ("tabular", "mlp", "linear"):
+        result = train(df, df, meta, ModelConfig(name), TrainingConfig(epochs=2, batch_size=32), tmp_path / name)
+        assert len(result.history["loss"]) == 2

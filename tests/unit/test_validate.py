@@ -1,16 +1,21 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from pipeline.validate import ValidationError, validate
+from pipeline.config import FeaturesConfig, LabelsConfig
+from pipeline.validate import ValidationError, feature_table, validate
 
 
 def test_first_run_infers_schema(tiny_frame):
     result = validate(tiny_frame, "label", None)
     cols = result.schema["columns"]
-    assert result.schema["features"] == {"numeric": ["x"], "categorical": ["color"], "label": "label",
-                                         "task": "classification"}
+    features = result.schema["features"]
+    assert (features["numeric"], features["categorical"], features["label"], features["task"]) == (
+        ["x"], ["color"], "label", "classification")
+    assert features["kinds"] == {"x": "numeric", "color": "categorical"}
+    assert cols["color"]["why"] == "3 distinct values" and cols["color"]["kind"] == "categorical"
     assert cols["color"]["domain"] == ["blue", "green", "red"]
     assert cols["x"]["min"] == 0.1 and cols["x"]["max"] == 2.6
     assert cols["x"]["null_rate"] == pytest.approx(1 / 12)
@@ -24,15 +29,17 @@ def _blocking(exc_info):
 def test_text_in_numeric_column(tiny_frame):
     df = tiny_frame.assign(x=tiny_frame["x"].astype(object))
     df.loc[3, "x"] = "abc"
-    with pytest.raises(ValidationError, match=r"x: numeric column has text: 1 of 11 values are not numbers, e.g. \['abc'\]") as err:
+    df = pd.concat([df] * 3, ignore_index=True)
+    with pytest.raises(ValidationError, match=r"x: numeric column has text: 3 of 33 values are not numbers, e.g. \['abc'\]") as err:
         validate(df, "label", None)
     assert ("x", "text_in_numeric") in _blocking(err)
 
 
 def test_text_in_declared_numeric_column(tiny_frame):
     df = tiny_frame.assign(color_code=["1", "2", "x"] * 4)
-    with pytest.raises(ValidationError, match="color_code: numeric column contains text"):
-        validate(df, "label", None, numeric=["color_code"])
+    result = validate(df, "label", None, FeaturesConfig(kinds={"color_code": "numeric"}))
+    # a pinned numeric column is numeric: its text becomes missing (as pd.to_numeric reads it), not inferred away
+    assert result.schema["columns"]["color_code"]["kind"] == "numeric"
 
 
 def test_label_with_one_class(tiny_frame):
@@ -66,9 +73,57 @@ def test_against_reference_blocking(tiny_frame):
     assert ("color", "missing_column") in _blocking(err)
     dtype_changed = tiny_frame.assign(x=["v"] * 12)
     with pytest.raises(ValidationError) as err:
-        validate(dtype_changed, "label", None, categorical=["x"], reference=reference)
+        validate(dtype_changed, "label", None, FeaturesConfig(kinds={"x": "categorical"}), reference=reference)
     assert ("x", "dtype_change") in _blocking(err)
     emptier = tiny_frame.assign(x=[np.nan] * 8 + [1.0] * 4)
     with pytest.raises(ValidationError, match="null rate rose") as err:
         validate(emptier, "label", None, reference=reference)
     assert ("x", "null_rate_jump") in _blocking(err)
+
+
+def test_identifiers_and_constants_are_excluded_with_a_warning(tiny_frame):
+    df = pd.concat([tiny_frame] * 3, ignore_index=True).assign(row_id=range(36), source="web")
+    result = validate(df, "label", None)
+    warned = {(a.column, a.kind) for a in result.anomalies if not a.blocking}
+    assert {("row_id", "identifier"), ("source", "constant")} <= warned
+    assert set(result.schema["features"]["excluded"]) == {"row_id", "source"}
+    assert "identifier" in feature_table(result.schema) and "| source | constant |" in feature_table(result.schema)
+
+
+def test_split_columns_are_not_features(tiny_frame):
+    df = tiny_frame.assign(day=pd.date_range("2021-01-01", periods=12).strftime("%Y-%m-%d"))
+    result = validate(df, "label", None, not_features=("day",))
+    assert "day" not in result.schema["features"]["kinds"] and "day" in result.schema["features"]["excluded"]
+
+
+def test_missing_labels_are_counted(tiny_frame):
+    df = tiny_frame.assign(label=["a", None] + ["a"] * 4 + ["b"] * 6)
+    result = validate(df, "label", None)
+    assert [a.message for a in result.anomalies if a.kind == "missing_label"] == [
+        "1 of 12 rows have no label and are dropped"]
+    regression = tiny_frame.assign(label=[1.5, np.nan] + list(np.linspace(0, 9, 10)))
+    assert any(a.kind == "missing_label" for a in validate(regression, "label", "regression").anomalies)
+
+
+def test_rare_class_is_an_error_or_merged(tiny_frame):
+    df = pd.concat([tiny_frame] * 2, ignore_index=True)
+    df.loc[0:2, "label"] = "c"  # three rows of a third class
+    with pytest.raises(ValidationError, match=r"label: class\(es\) with fewer than 5 rows: 'c' \(3 rows\)"):
+        validate(df, "label", None)
+    merged = validate(df, "label", None, labels=LabelsConfig(rare_classes="merge"))
+    assert any(a.kind == "rare_class" and "merged into 'other'" in a.message for a in merged.anomalies)
+
+    from pipeline.config import SplitConfig
+    from pipeline.split import prepare_labels
+
+    rows, counts = prepare_labels(df, "label", "classification", LabelsConfig(rare_classes="merge"))
+    assert (rows["label"] == "other").sum() == 3 and counts["rows_merged"] == 3
+    rows, counts = prepare_labels(df, "label", "classification", LabelsConfig(rare_classes="drop"))
+    assert "c" not in set(rows["label"]) and counts["rows_dropped_rare"] == 3
+
+
+def test_every_unusable_column_is_reported_at_once(tiny_frame):
+    df = tiny_frame.assign(empty=np.nan, blank=" ")
+    with pytest.raises(ValidationError) as err:
+        validate(df, "label", None)
+    assert {("empty", "all_missing"), ("blank", "all_missing")} <= _blocking(err)
