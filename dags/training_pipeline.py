@@ -53,6 +53,8 @@ def _ctx():
         "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=10000),
         "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=65536),
         "learning_rate": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=10),
+        "max_minutes": Param(None, type=["null", "number"], exclusiveMinimum=0, maximum=10080,
+                             description="time budget of the train task's fit (training.max_minutes)"),
         "seed": Param(None, type=["null", "integer"], minimum=0),
         "min_accuracy": Param(None, type=["null", "number"], minimum=0, maximum=1,
                               description="absolute accuracy floor of the evaluation gate"),
@@ -61,17 +63,30 @@ def _ctx():
 def training_pipeline():
     @task
     def ingest() -> dict:
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from pipeline.config import ConfigError
+        from pipeline.ingest import IngestError
         from pipeline.tasks import ingest_task
 
         # A run triggered by the drift monitor appends the newly labelled rows named in the events' extra.
         events = get_current_context()["triggering_asset_events"].get(DRIFT, [])
-        return ingest_task(*_ctx(), drift_events=[e.extra for e in events])
+        try:
+            return ingest_task(*_ctx(), drift_events=[e.extra for e in events])
+        except (IngestError, ConfigError) as exc:  # bad input or config: a retry would read the same
+            raise AirflowFailException(str(exc)) from exc
 
     @task
     def validate(ingested: dict) -> dict:
-        from pipeline.tasks import validate_task
+        from airflow.sdk.exceptions import AirflowFailException
 
-        return validate_task(*_ctx(), ingested)
+        from pipeline.tasks import validate_task
+        from pipeline.validate import ValidationError
+
+        try:
+            return validate_task(*_ctx(), ingested)
+        except ValidationError as exc:  # the data is what it is: retrying would spend the time twice
+            raise AirflowFailException(str(exc)) from exc
 
     @task
     def split(ingested: dict, validated: dict) -> dict:

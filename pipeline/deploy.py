@@ -689,7 +689,7 @@ def candidate_from_export(model_name: str, version: int, source: str | Path) -> 
 
     from pipeline.export import read_metadata
     from pipeline.features import FeatureSpec
-    from pipeline.preprocess import feature_arrays
+    from pipeline.preprocess import feature_arrays, label_strings
 
     source = Path(source)
     try:
@@ -703,7 +703,7 @@ def candidate_from_export(model_name: str, version: int, source: str | Path) -> 
                        meta["task"])
     if spec.task == "classification":  # the evaluation scores only classes seen in training
         known = {str(c) for c in meta.get("class_names") or []}
-        test = test[[str(v) in known for v in test[spec.label]]].reset_index(drop=True)
+        test = test[[v in known for v in label_strings(test[spec.label])]].reset_index(drop=True)
     if len(test) != len(expected):
         raise DeployError(f"the test split has {len(test)} scored rows but the evaluation saved {len(expected)} "
                           f"predictions")

@@ -1,30 +1,30 @@
-"""Synthetic order tables with every column kind a user's CSV brings, and a label that can be learned from them.
+"""Synthetic order tables with every column kind a user's CSV brings, and a label that can be learned.
 
     python -m pipeline.generate --rows 100000 --out orders.csv [--task classification|regression] [--seed 0]
 
 Each row is one online order. The label comes from a hidden score that every kind of column moves, so a model
 only reaches the best attainable score by using all of them; noise keeps that best score well below perfect:
 
-    order_id         str    unique per row ("ORD-00000042"); carries nothing: a model that memorises it overfits
-    order_date       str    "YYYY-MM-DD" in 2022-2024; seasonal effect (higher in December, lower in summer) and a
-                            weekend effect, visible only to a model that reads the string as a date
+    order_id         str    unique per row ("ORD-00000042"); carries nothing: a model memorising it overfits
+    order_date       str    "YYYY-MM-DD" in 2022-2024; seasonal effect (higher in December, lower in summer)
+                            and a weekend effect, visible only to a model that reads the string as a date
     customer_age     float  years; 8% missing; a hump-shaped effect (middle ages score highest)
     basket_value     float  currency, log-normal; 5% missing; effect linear in its logarithm
     n_items          int    items in the basket (Poisson); a small linear effect
     channel          str    web / app / store / phone; 3% missing; one effect per value
     region           str    six regions; one effect per value
-    product_code     str    "P01234"-style codes, a few thousand of them with Zipf-like frequencies; one effect
-                            per code, so rare codes have to be shrunk towards zero
+    product_code     str    "P01234"-style codes, a few thousand of them with Zipf-like frequencies; one
+                            effect per code, so rare codes have to be shrunk towards zero
     is_member        bool   loyalty-programme member; a fixed effect
-    review           str    short review built from word lists; 10% missing; its sentiment words follow a hidden
-                            satisfaction that nothing else carries, so only a model reading the words learns it
+    review           str    short review built from word lists; 10% missing; its sentiment words follow a
+                            hidden satisfaction that nothing else carries: only a model reading words gets it
     outcome          str    (classification) "returned" (~15%), "kept" (~55%) or "reordered" (~30%): the score
                             cut at two thresholds after logistic noise
     order_margin     float  (regression) the profit on the order, the score on a currency scale plus Gaussian
                             noise (negative for some orders; R² ceiling ~0.8)
 
-The table is a pure function of ``rows``, ``seed`` and ``task``; numpy does the work column by column, so 100k
-rows take well under a second or two.
+The table is a pure function of ``rows``, ``seed`` and ``task``. numpy does the work column by column: 100k
+rows take about a second.
 """
 from __future__ import annotations
 
@@ -49,10 +49,10 @@ N_PRODUCT_CODES = 3000
 
 # Review vocabulary. Sentiment words follow the hidden satisfaction; the rest are neutral filler that every
 # review draws from alike, so they carry no signal (as in real reviews, most words say nothing).
-POSITIVE = np.array(["great", "excellent", "love", "perfect", "fast", "recommend", "happy", "sturdy", "beautiful",
-                     "comfortable", "works", "amazing", "quality", "worth", "pleased"])
-NEGATIVE = np.array(["broken", "late", "poor", "refund", "cheap", "disappointed", "missing", "wrong", "flimsy",
-                     "damaged", "useless", "awful", "slow", "return", "leaking"])
+POSITIVE = np.array(["great", "excellent", "love", "perfect", "fast", "recommend", "happy", "sturdy",
+                     "beautiful", "comfortable", "works", "amazing", "quality", "worth", "pleased"])
+NEGATIVE = np.array(["broken", "late", "poor", "refund", "cheap", "disappointed", "missing", "wrong",
+                     "flimsy", "damaged", "useless", "awful", "slow", "return", "leaking"])
 NEUTRAL = np.array(["the", "it", "was", "and", "item", "order", "box", "arrived", "size", "colour", "product",
                     "bought", "for", "my", "this", "a", "very", "after", "week", "use", "again", "delivery",
                     "package", "gift", "price"])
@@ -72,8 +72,8 @@ def generate_table(rows: int, seed: int = 0, task: str = "classification") -> pd
             ``order_margin``, a float).
 
     Returns:
-        One row per order: the feature columns described in the module docstring, in that order, then the label.
-        Missing values are NaN in numeric columns and None in string columns, as ``pandas.read_csv`` gives them.
+        One row per order: the feature columns described in the module docstring, in that order, then the
+        label. Missing values are NaN in numeric columns and None in string columns.
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
@@ -163,11 +163,12 @@ def _reviews(rng: np.random.Generator, satisfaction: np.ndarray) -> np.ndarray:
         NEUTRAL[rng.integers(0, len(NEUTRAL), (rows, MAX_WORDS))],
     )
     # Every review has at least three words; a Python join over rows is faster than numpy string ops here.
-    return np.array([" ".join(w[:n]) for w, n in zip(words.tolist(), n_words.tolist())], dtype=object)
+    return np.array([" ".join(w[:n]) for w, n in zip(words.tolist(), n_words.tolist(), strict=True)],
+                    dtype=object)
 
 
 def write_table(frame: pd.DataFrame, out: str | Path) -> Path:
-    """Write ``frame`` as CSV or Parquet, chosen by the extension of ``out`` (``.csv``, ``.parquet``, ``.pq``)."""
+    """Write ``frame`` as CSV or Parquet, by the extension of ``out`` (``.csv``, ``.parquet``, ``.pq``)."""
     path = Path(out)
     suffix = path.suffix.lower()
     if suffix not in {".csv", ".parquet", ".pq"}:

@@ -20,6 +20,7 @@ STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "exp
 PARAM_OVERRIDES = {
     "source": "source", "label": "label", "model_name": "serving.model_name", "epochs": "training.epochs",
     "batch_size": "training.batch_size", "learning_rate": "training.learning_rate", "seed": "split.seed",
+    "max_minutes": "training.max_minutes",
     "min_accuracy": "gate.thresholds.accuracy",
 }
 

@@ -243,7 +243,7 @@ def load_model(path: str | Path, meta: PreprocessMeta) -> "keras.Model":
     key = (str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, json.dumps(asdict(meta), sort_keys=True))
     if key not in _LOADED:
         layers()
-        model = full_model(meta, keras.models.load_model(path))
+        model = full_model(meta, keras.models.load_model(path, compile=False))  # no optimizer state in the export
         _LOADED.clear()
         _LOADED[key] = model
     return _LOADED[key]

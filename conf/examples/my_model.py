@@ -2,12 +2,12 @@
 Systems") for a table, written as any user module would be.
 
 A config names it with ``model.module: my_model.py`` (found beside the config first, then in the working
-directory) and sets its keyword parameters under ``model.params``; ``conf/examples/custom_model.yaml`` does. The
-pipeline calls :func:`build` with the *processed* features (the preprocessing is the pipeline's and ships inside
-the exported model, so nothing here sees raw values):
+directory) and sets its keyword parameters under ``model.params``, as ``conf/examples/custom_model.yaml``
+does. The pipeline calls :func:`build` with the *processed* features (the preprocessing is the pipeline's
+and ships inside the exported model, so nothing here sees raw values):
 
-- ``inputs["numeric"]``: a float matrix (``spec.numeric_width`` columns) of the numbers, booleans and date parts,
-  already normalised; absent when the table has none;
+- ``inputs["numeric"]``: a float matrix (``spec.numeric_width`` columns) of the numbers, booleans and date
+  parts, already normalised; absent when the table has none;
 - ``inputs["cat__<column>"]``: the integer id of each categorical value, in ``[0, spec.categorical[name])``;
 - ``inputs["text__<column>"]``: an L2-normalised TF-IDF vector, ``spec.text[name]`` wide.
 
@@ -15,9 +15,9 @@ The model has two parts whose logits are added:
 
 - the *wide* part, a linear model on the numeric matrix, every categorical id one-hot and the TF-IDF vectors:
   it memorises what single values say about the label;
-- the *deep* part, an Embedding per categorical column (the model's own layers, ``embedding_dim`` wide), a Dense
-  projection of each text vector, concatenated with the numeric matrix and fed through a tower of Dense layers
-  (``deep_units``) with dropout: it generalises across combinations of values.
+- the *deep* part, an Embedding per categorical column (the model's own layers, ``embedding_dim`` wide), a
+  Dense projection of each text vector, concatenated with the numeric matrix and fed through a tower of Dense
+  layers (``deep_units``) with dropout: it generalises across combinations of values.
 
 It returns what every builder returns: class probabilities (softmax, ``spec.n_outputs`` wide) for a
 classification, one value in standard units for a regression (the exported model rescales it to the label's).
@@ -59,11 +59,13 @@ def build(inputs, spec, *, deep_units: Sequence[int] = (64, 32), dropout: float 
         deep.append(inputs["numeric"])
     for name, n_ids in spec.categorical.items():
         ids = inputs[name]
-        wide.append(keras.layers.CategoryEncoding(n_ids, output_mode="one_hot", name=f"wide_{name}_onehot")(ids))
+        one_hot = keras.layers.CategoryEncoding(n_ids, output_mode="one_hot", name=f"wide_{name}_onehot")
+        wide.append(one_hot(ids))
         deep.append(keras.layers.Embedding(n_ids, int(embedding_dim), name=f"deep_{name}_embedding")(ids))
     for name in spec.text:
         wide.append(inputs[name])
-        deep.append(keras.layers.Dense(int(text_units), activation="relu", name=f"deep_{name}_projection")(inputs[name]))
+        project = keras.layers.Dense(int(text_units), activation="relu", name=f"deep_{name}_projection")
+        deep.append(project(inputs[name]))
 
     x = concat(deep, "deep_inputs")
     for i, units in enumerate(deep_units):

@@ -19,7 +19,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--source", help="CSV or Parquet file to train on (features are inferred without --config)")
     p.add_argument("--label", help="label column of --source")
     p.add_argument("--model-name", help="name of the registered and served model")
-    p.add_argument("--epochs", type=int, help="override training.epochs")
+    p.add_argument("--epochs", type=int, help="override training.epochs (default: chosen from the data)")
+    p.add_argument("--max-minutes", type=float, help="time budget of the fit (training.max_minutes)")
     p.add_argument("--conf", default="{}", help="extra DAG run params as a JSON object")
     p.add_argument("--no-early-sandbox", action="store_true",
                    help="start the deploy stage's validation server when that stage runs, not while Airflow starts")
@@ -38,7 +39,8 @@ def run_conf(args: argparse.Namespace) -> dict:
         raise SystemExit(f"pipeline train: --conf is not valid JSON: {exc}")
     values = {"config": str(Path(args.config).resolve()) if args.config else "",
               "source": str(Path(args.source).resolve()) if args.source and "://" not in args.source else args.source,
-              "label": args.label, "model_name": args.model_name, "epochs": args.epochs}
+              "label": args.label, "model_name": args.model_name, "epochs": args.epochs,
+              "max_minutes": args.max_minutes}
     conf.update({k: v for k, v in values.items() if v not in (None, "") or k == "config"})
     return conf
 

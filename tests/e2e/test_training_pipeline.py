@@ -88,7 +88,7 @@ def test_exported_savedmodel_answers_raw_rows_like_the_trained_model(first_run, 
     meta = PreprocessMeta.load(run_dir / "preprocess" / "meta.json")
     fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     served = fn(**{k: tf.constant(v) for k, v in feature_arrays(test, meta.feature_spec).items()})
-    in_memory = predict_keras(load_model(run_dir / "train" / "model.keras"), test, meta)
+    in_memory = predict_keras(load_model(run_dir / "train" / "model.keras", meta), test, meta)
     np.testing.assert_allclose(served["probabilities"].numpy(), in_memory, atol=1e-5)
     accuracy = (served["probabilities"].numpy().argmax(axis=1) == label_array(test, meta)).mean()
     assert accuracy >= 0.90

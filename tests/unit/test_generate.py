@@ -1,4 +1,4 @@
-"""pipeline.generate: the synthetic order table is deterministic, has every column kind, and a learnable label."""
+"""pipeline.generate: the synthetic order table is deterministic, has every column kind, a learnable label."""
 from __future__ import annotations
 
 import numpy as np
@@ -30,7 +30,8 @@ def test_same_seed_same_table_other_seed_other_table(task):
     assert not a["review"].equals(c["review"])
 
 
-@pytest.mark.parametrize(("task", "rows"), [("classification", 1), ("classification", 37), ("regression", 1000)])
+@pytest.mark.parametrize(("task", "rows"),
+                         [("classification", 1), ("classification", 37), ("regression", 1000)])
 def test_shape_and_columns(task, rows):
     frame = generate_table(rows, task=task)
     assert list(frame.columns) == [*FEATURES, LABELS[task]]
@@ -59,7 +60,8 @@ def test_missing_values_where_documented(orders):
     missing = orders.isna().mean()
     for col, share in {"customer_age": 0.08, "basket_value": 0.05, "channel": 0.03, "review": 0.10}.items():
         assert share / 2 < missing[col] < share * 2, col
-    complete = ["order_id", "order_date", "n_items", "region", "product_code", "is_member", LABELS["classification"]]
+    complete = ["order_id", "order_date", "n_items", "region", "product_code", "is_member",
+                LABELS["classification"]]
     assert missing[complete].eq(0).all()
 
 
@@ -79,7 +81,7 @@ def test_csv_round_trip_keeps_kinds(orders, tmp_path):
 
 
 def _engineered(frame: pd.DataFrame) -> pd.DataFrame:
-    """Features a model could learn: date parts, sentiment word counts, the code's frequency, the rest as is."""
+    """Features a model could learn from: date parts, sentiment word counts, the other columns as they are."""
     dates = pd.to_datetime(frame["order_date"])
     words = frame["review"].fillna("").str.split()
     positive, negative = set(POSITIVE), set(NEGATIVE)
@@ -87,7 +89,8 @@ def _engineered(frame: pd.DataFrame) -> pd.DataFrame:
         "day_of_year": dates.dt.dayofyear, "weekday": dates.dt.weekday,
         "positive": words.map(lambda ws: sum(w in positive for w in ws)),
         "negative": words.map(lambda ws: sum(w in negative for w in ws)),
-        "customer_age": frame["customer_age"], "basket_value": frame["basket_value"], "n_items": frame["n_items"],
+        "customer_age": frame["customer_age"], "basket_value": frame["basket_value"],
+        "n_items": frame["n_items"],
         "channel": frame["channel"].astype("category"), "region": frame["region"].astype("category"),
         "is_member": frame["is_member"].astype(int),
     })
@@ -118,7 +121,8 @@ def test_regression_label_is_learnable_but_not_perfect(margins):
 def test_words_and_season_carry_signal(margins):
     y = margins[LABELS["regression"]]
     words = margins["review"].fillna("").str.split()
-    sentiment = words.map(lambda ws: sum(w in set(POSITIVE) for w in ws) - sum(w in set(NEGATIVE) for w in ws))
+    positive, negative = set(POSITIVE), set(NEGATIVE)
+    sentiment = words.map(lambda ws: sum(w in positive for w in ws) - sum(w in negative for w in ws))
     assert np.corrcoef(sentiment, y)[0, 1] > 0.25
     month = pd.to_datetime(margins["order_date"]).dt.month
     assert y[month == 12].mean() > y[month.isin([6, 7])].mean() + 3
