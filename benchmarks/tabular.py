@@ -90,6 +90,7 @@ class Measured:
     peak_single_rss_mb: float
     timed_out: bool = False
     left_running: list[str] = field(default_factory=list)
+    at_peak: list[str] = field(default_factory=list)  # the largest processes at the peak: "MB command"
 
 
 def _tree(root) -> list:
@@ -128,6 +129,7 @@ def run_measured(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Pa
     root = psutil.Process(proc.pid)
     seen: dict[int, psutil.Process] = {}
     peak_tree = peak_single = 0
+    at_peak: list[str] = []
     timed_out = False
     try:
         while proc.poll() is None:
@@ -139,7 +141,9 @@ def run_measured(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Pa
                     seen.setdefault(p.pid, p)
                 except psutil.Error:
                     pass
-            peak_tree, peak_single = max(peak_tree, sum(rss)), max([peak_single, *rss])
+            if sum(rss) > peak_tree:
+                peak_tree, at_peak = sum(rss), _describe(procs)
+            peak_single = max([peak_single, *rss])
             if time.perf_counter() - start > timeout_s:
                 timed_out = True
                 _kill(procs)
@@ -169,7 +173,20 @@ def run_measured(cmd: list[str], *, env: dict[str, str], cwd: Path, log_path: Pa
         _kill(alive)
         left = names
     code = None if timed_out else exit_code
-    return Measured(code, wall, peak_tree / MIB, peak_single / MIB, timed_out, left)
+    return Measured(code, wall, peak_tree / MIB, peak_single / MIB, timed_out, left, at_peak)
+
+
+def _describe(procs: list, top: int = 4) -> list[str]:
+    """The ``top`` processes by RSS as ``"<MB> MB <command>"``: where the memory of a peak is."""
+    import psutil
+
+    rows = []
+    for p in procs:
+        try:
+            rows.append((p.memory_info().rss, " ".join(p.cmdline())[:100]))
+        except psutil.Error:
+            pass
+    return [f"{rss / MIB:,.0f} MB {cmd}" for rss, cmd in sorted(rows, reverse=True)[:top]]
 
 
 def pipeline_env(home: Path) -> dict[str, str]:
@@ -615,7 +632,7 @@ def render(results: list[dict], floors: list[Floor], floor_notes: list[str], con
     for f in floors:
         by_table.setdefault(f.table, []).append(f)
     tasks = {r["table"]: r["task"] for r in results}
-    failures, cuts = [], []
+    failures, cuts, peaks = [], [], []
     for r in results:
         p, h, task = r.get("pipeline"), r["hgb"], r["task"]
         key = primary(task)
@@ -641,6 +658,8 @@ def render(results: list[dict], floors: list[Floor], floor_notes: list[str], con
         if p is not None and p["process"]["left_running"]:
             failures.append(f"`{r['table']}`: `pipeline train` exited leaving processes running (stopped "
                             f"here): {'; '.join(p['process']['left_running'])}")
+        if r["large"] and p is not None and p["process"].get("at_peak"):
+            peaks.append(f"{r['table']}: " + "; ".join(f"`{x}`" for x in p["process"]["at_peak"]))
         if h_ok and h.get("cut_columns"):
             cuts.append(f"{r['table']} " + ", ".join(f"`{c}` ({n:,})" for c, n in h["cut_columns"].items()))
     lines.append("")
@@ -665,6 +684,8 @@ def render(results: list[dict], floors: list[Floor], floor_notes: list[str], con
         lines += ["", ("HGB takes at most 255 values in a categorical column (its `max_bins`); these columns "
                        "kept their 255 most frequent training values, the rest missing (distinct training "
                        f"values in brackets): {'; '.join(cuts)}.")]
+    if peaks:
+        lines += ["", f"Largest processes when the pipeline's process tree peaked: {' '.join(peaks)}."]
     if failures:
         lines += ["", "Failures:"] + [f"- {f}" for f in failures]
     lines += ["", ("Notes: a shared 2-core machine (other work may be running: see the load average), runs "

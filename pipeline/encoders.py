@@ -146,7 +146,25 @@ def _define() -> dict[str, type]:
                     "elapsed_mean": self.elapsed_mean, "elapsed_std": self.elapsed_std,
                     "year_mean": self.year_mean, "year_std": self.year_std}
 
-    return {"QuantileNormal": QuantileNormal, "BooleanValue": BooleanValue, "DateParts": DateParts}
+    @keras.saving.register_keras_serializable(package="pipeline")
+    class PriorCorrection(keras.layers.Layer):
+        """Class probabilities of a model fitted with class weights ``w`` -> the probabilities of the data: the
+        weighted loss is minimised by q_c ∝ w_c p_c, so p_c ∝ q_c / w_c. Served probabilities stay calibrated
+        (and argmax keeps the accuracy) while training gave rare classes more weight."""
+
+        def __init__(self, class_weights=(1.0,), **kwargs):
+            super().__init__(**kwargs)
+            self.class_weights = [float(w) for w in class_weights]
+
+        def call(self, q):
+            p = tf.cast(q, tf.float32) / tf.constant(self.class_weights, tf.float32)
+            return p / tf.reduce_sum(p, axis=-1, keepdims=True)
+
+        def get_config(self):
+            return {**super().get_config(), "class_weights": self.class_weights}
+
+    return {"QuantileNormal": QuantileNormal, "BooleanValue": BooleanValue, "DateParts": DateParts,
+            "PriorCorrection": PriorCorrection}
 
 
 def numeric_width(indicator: bool) -> int:

@@ -409,7 +409,10 @@ def save_preprocessing(meta: PreprocessMeta, out_dir: str | Path) -> dict[str, s
 
 def class_weights(meta: PreprocessMeta, mode: str) -> dict[int, float] | None:
     """Per-class loss weights: ``balanced`` (inverse frequency), ``auto`` (the square root of that, and only when
-    the largest class has at least 4x the rows of the smallest), ``none``. Normalized to a mean of 1 per row."""
+    the largest class has at least 4x the rows of the smallest), ``none``. Normalized to a mean of 1 per row.
+    With ``auto`` the trained model's probabilities are corrected back to the class frequencies
+    (``PriorCorrection``); with ``balanced`` they are not: the model then favours rare classes, as a macro gate
+    metric wants."""
     if meta.feature_spec.task != "classification" or mode == "none" or not meta.class_counts:
         return None
     counts = [meta.class_counts.get(c, 0) or 1 for c in meta.class_names]

@@ -204,6 +204,12 @@ def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", meta: PreprocessMeta
     work_dir.mkdir(parents=True, exist_ok=True)
     model_path = work_dir / MODEL_FILE
     tmp_path = work_dir / f".{MODEL_FILE}.tmp.keras"
+    if by_class is not None and cfg.class_weight == "auto":
+        from pipeline.encoders import layers
+
+        weights_in_order = [by_class[i] for i in range(len(meta.class_names))]
+        corrected = layers()["PriorCorrection"](weights_in_order, name="prior_correction")(model.outputs[0])
+        model = keras.Model(model.input, corrected, name=model.name)
     model.save(tmp_path)
     tmp_path.replace(model_path)
     shutil.rmtree(backup_dir, ignore_errors=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import FeaturesConfig, LabelsConfig
-from pipeline.features import BOOLEAN, CATEGORICAL, HIGH_CARDINALITY, NUMERIC, FeatureSpec
+from pipeline.features import BOOLEAN, CATEGORICAL, EXCLUDED_KINDS, HIGH_CARDINALITY, NUMERIC, FeatureSpec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -139,13 +139,25 @@ def compare_with_reference(schema: dict[str, Any], reference: dict[str, Any]) ->
     """Differences between this data's schema and the champion's that a model trained on one meets on the other."""
     out: list[Anomaly] = []
     cur, ref = schema["columns"], reference["columns"]
+
+    def endpoint_type(kind: str) -> str:  # what a client sends: a float, a string, or nothing (not a feature)
+        return kind if kind in ("label", NUMERIC) else "excluded" if kind in EXCLUDED_KINDS else "string"
+
     for col, r in ref.items():
+        if r.get("excluded"):
+            continue  # the champion did not use it: nothing to compare
         c = cur.get(col)
         if c is None:
             out.append(Anomaly(col, "missing_column", "column of the reference schema is missing", True))
             continue
         if c["kind"] != r["kind"]:
-            out.append(Anomaly(col, "dtype_change", f"was {r['kind']} ({r['dtype']}), now {c['kind']} ({c['dtype']})", True))
+            was, now = endpoint_type(r["kind"]), endpoint_type(c["kind"])
+            if now == "excluded":
+                out.append(Anomaly(col, "no_longer_a_feature", f"was {r['kind']}, now {c.get('excluded')}", False))
+            else:
+                # numbers <-> strings change what the model takes; a string column changing kind does not
+                out.append(Anomaly(col, "dtype_change", f"was {r['kind']} ({r['dtype']}), now {c['kind']} "
+                                                        f"({c['dtype']})", was != now))
             continue
         if r.get("domain") is not None and c.get("domain") is not None:
             unseen = sorted(set(c["domain"]) - set(r["domain"]))
@@ -155,7 +167,7 @@ def compare_with_reference(schema: dict[str, Any], reference: dict[str, Any]) ->
         if jump > NULL_RATE_WARN:
             out.append(Anomaly(col, "null_rate_jump", f"null rate rose from {r['null_rate']:.1%} to {c['null_rate']:.1%}",
                                jump > NULL_RATE_BLOCK))
-    for col in sorted(set(cur) - set(ref)):
+    for col in sorted(c for c in set(cur) - set(ref) if not cur[c].get("excluded")):
         out.append(Anomaly(col, "extra_column", "column is not in the reference schema", False))
     return out
 

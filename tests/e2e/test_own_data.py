@@ -28,7 +28,10 @@ def test_train_on_own_parquet_with_inferred_regression(tmp_path, penguins, run_t
     meta = json.loads((version_dir / "assets.extra" / "pipeline_metadata.json").read_text())
     assert meta["task"] == "regression" and meta["label"] == "Body_Mass__g_"
     assert meta["features"] == {"numeric": ["bill_length_mm", "bill_depth_mm", "flipper_length_mm"],
-                                "categorical": ["island", "sex"]}
+                                "categorical": ["island", "sex"],
+                                "kinds": {"bill_length_mm": "numeric", "bill_depth_mm": "numeric",
+                                          "flipper_length_mm": "numeric", "island": "categorical",
+                                          "sex": "categorical"}}
     fn = tf.saved_model.load(str(version_dir)).signatures["serving_default"]
     assert set(fn.structured_outputs) == {"value"}
     rows = data.dropna().head(50)

@@ -123,3 +123,26 @@ def test_every_builder_trains_on_every_kind(tmp_path):
     for name in ("tabular", "mlp", "linear"):
         result = train(df, df, meta, ModelConfig(name), TrainingConfig(epochs=2, batch_size=32), tmp_path / name)
         assert len(result.history["loss"]) == 2
+
+
+def test_class_weights_train_rare_classes_and_served_probabilities_stay_calibrated(tmp_path):
+    """auto: a 9:1 table is fitted with class weights, and the saved model's probabilities are corrected back to
+    the data's class frequencies (mean predicted probability of the rare class near its 10%)."""
+    rng = np.random.default_rng(1)
+    n = 2000
+    y = (rng.random(n) < 0.1).astype(int)
+    frame = pd.DataFrame({"x": rng.normal(size=n) + y * 0.7, "label": np.where(y == 1, "rare", "common")})
+    spec = FeatureSpec(("x",), (), "label", "classification")
+    meta = fit_preprocessing(frame, spec)
+    cfg = TrainingConfig(epochs=20, batch_size=64, early_stopping_patience=20, learning_rate=0.05)
+    result = train(frame, frame, meta, ModelConfig("linear"), cfg, tmp_path / "auto")
+    model = load_model(result.model_path, meta)
+    assert "prior_correction" in [layer.name for layer in model.get_layer(index=-1).layers]
+    from pipeline.export import predict_keras
+
+    proba = predict_keras(model, frame, meta)
+    assert abs(proba[:, 1].mean() - 0.1) < 0.03
+    uncorrected = train(frame, frame, meta, ModelConfig("linear"), TrainingConfig(**{**cfg.__dict__, "class_weight": "balanced"}),
+                        tmp_path / "balanced")
+    favoured = predict_keras(load_model(uncorrected.model_path, meta), frame, meta)
+    assert favoured[:, 1].mean() > 0.3  # balanced weights, no correction: the rare class is favoured

@@ -59,7 +59,7 @@ def test_missing_label_column(tiny_frame):
 
 def test_against_reference(tiny_frame):
     reference = validate(tiny_frame, "label", None).schema
-    current = tiny_frame.assign(color=["purple"] + list(tiny_frame["color"][1:]), extra=1.0)
+    current = tiny_frame.assign(color=["purple"] + list(tiny_frame["color"][1:]), extra=np.linspace(0, 1, 12))
     result = validate(current, "label", None, reference=reference)
     kinds = {(a.column, a.kind, a.blocking) for a in result.anomalies}
     assert ("color", "unseen_categories", False) in kinds and ("extra", "extra_column", False) in kinds
@@ -127,3 +127,14 @@ def test_every_unusable_column_is_reported_at_once(tiny_frame):
     with pytest.raises(ValidationError) as err:
         validate(df, "label", None)
     assert {("empty", "all_missing"), ("blank", "all_missing")} <= _blocking(err)
+
+
+def test_reference_comparison_ignores_excluded_columns_and_string_kind_changes(tiny_frame):
+    base = tiny_frame.assign(year=2007)  # a constant: excluded
+    reference = validate(base, "label", None).schema
+    # the champion never used `year`: its disappearance (or gaps) is not an anomaly
+    assert validate(tiny_frame, "label", None, reference=reference).blocking == []
+    # a string column turning from categorical into text is still a string input: a warning, not a refusal
+    texty = tiny_frame.assign(color=[f"a much longer {c} description number {i}" for i, c in enumerate(tiny_frame["color"])])
+    result = validate(texty, "label", None, FeaturesConfig(kinds={"color": "text"}), reference=reference)
+    assert [(a.column, a.blocking) for a in result.anomalies if a.kind == "dtype_change"] == [("color", False)]
