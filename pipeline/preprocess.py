@@ -334,43 +334,53 @@ def processed_dataset(df: "pd.DataFrame", meta: PreprocessMeta, preprocessor: "k
     """A batched ``tf.data`` pipeline of ``(processed features, label[, weight])`` for fitting.
 
     The preprocessor runs on batches of 4096 raw rows in parallel ``map`` calls. When the processed rows fit in
-    ``cache_bytes`` they are computed once and cached, then shuffled row by row each epoch; otherwise the raw rows
-    are shuffled and preprocessed again each epoch. Regression labels are standardized (the model predicts in
-    standard units; the exported model rescales).
+    ``cache_bytes`` they are computed once into whole arrays, and each epoch gathers its batches from them through
+    a fresh permutation of the row numbers (a shuffle buffer of the rows themselves would hold every row as its own
+    set of tensors: several times the data); otherwise the raw rows are shuffled and preprocessed again each epoch.
+    Regression labels are standardized (the model predicts in standard units; the exported model rescales).
     """
     import numpy as np
     import tensorflow as tf
 
     feats = feature_arrays(df, meta.feature_spec)
-    parts: list[Any] = [feats]
+    extras: list[Any] = []
     if labels:
         y = label_array(df, meta)
         if meta.feature_spec.task == "regression":
             y = ((y - meta.label_mean) / meta.label_std).astype(np.float32)
-        parts.append(y)
+        extras.append(y)
         if weights is not None:
-            parts.append(weights.astype(np.float32))
-    element = tuple(parts) if len(parts) > 1 else parts[0]
-    ds = tf.data.Dataset.from_tensor_slices(element)
-
-    def apply(*batch):
-        return (preprocessor(batch[0]), *batch[1:]) if len(batch) > 1 else preprocessor(batch[0])
-
-    n_batches = -(-len(df) // batch_size)
+            extras.append(weights.astype(np.float32))
+    n, n_batches = len(df), -(-len(df) // batch_size)
     mspec = meta.model_spec()
     row_bytes = 4 * (mspec.numeric_width + len(mspec.categorical) * 2 + sum(mspec.text.values()) + 2)
-    fits = row_bytes * len(df) <= cache_bytes
-    if fits or not shuffle:
-        ds = ds.batch(4096).map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if row_bytes * n <= cache_bytes:
+        raw = tf.data.Dataset.from_tensor_slices(feats).batch(4096)
+        chunks = list(raw.map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
+        del raw, feats
+        data = {k: tf.concat([c[k] for c in chunks], axis=0) for k in chunks[0]} if chunks else {}
+        del chunks
+        columns = (data, *[tf.constant(e) for e in extras])
+
+        def gather(idx):
+            picked = tuple(tf.nest.map_structure(lambda a: tf.gather(a, idx), c) for c in columns)
+            return picked if len(picked) > 1 else picked[0]
+
+        order = tf.data.Dataset.range(n)
         if shuffle:
-            ds = ds.unbatch().cache().shuffle(min(len(df), 1 << 20), seed=seed, reshuffle_each_iteration=True)
-            ds = ds.batch(batch_size)
-        else:
-            ds = ds.unbatch().batch(batch_size)
+            order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+        ds = order.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     else:
-        ds = ds.shuffle(min(len(df), 1 << 18), seed=seed, reshuffle_each_iteration=True).batch(batch_size)
-        ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
-    # unbatch/shuffle lose the dataset's length; stating it lets Keras size its first epoch
+        element = (feats, *extras) if extras else feats
+        ds = tf.data.Dataset.from_tensor_slices(element)
+        if shuffle:
+            ds = ds.shuffle(min(n, 1 << 18), seed=seed, reshuffle_each_iteration=True)
+
+        def apply(*batch):
+            return (preprocessor(batch[0]), *batch[1:]) if len(batch) > 1 else preprocessor(batch[0])
+
+        ds = ds.batch(batch_size).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    # the shuffle and map steps lose the dataset's length; stating it lets Keras size its first epoch
     return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(tf.data.AUTOTUNE)
 
 
