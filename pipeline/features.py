@@ -268,6 +268,11 @@ def infer_kind(name: str, s: "pd.Series", opts: InferenceOptions = InferenceOpti
     details["mean_words"] = round(words, 2)
     if words >= opts.text_min_words and distinct >= min(50, max(10, n // 5)):
         return TEXT, details, f"free text ({words:.1f} words per value, {distinct} distinct)"
+    if words >= 1.5 and ratio >= 0.3 and distinct >= 20:
+        # Names of things ("chevrolet chevelle malibu"): most whole values are too rare to learn from, but their
+        # words recur across values, so the words are the features.
+        return TEXT, details, f"many-valued names ({words:.1f} words per value, {distinct} distinct of {n}): " \
+                              "read as words"
     if ratio >= opts.id_unique_ratio and n >= 20:
         return IDENTIFIER, details, f"unique per row ({distinct} distinct of {n})"
     if distinct > opts.max_vocabulary:

@@ -1,6 +1,6 @@
 """Synthetic order tables with every column kind a user's CSV brings, and a label that can be learned.
 
-    python -m pipeline.generate --rows 100000 --out orders.csv [--task classification|regression] [--seed 0]
+    pipeline generate --rows 100000 --out orders.csv [--task classification|regression] [--seed 0]
 
 Each row is one online order. The label comes from a hidden score that every kind of column moves, so a model
 only reaches the best attainable score by using all of them; noise keeps that best score well below perfect:
@@ -182,8 +182,8 @@ def write_table(frame: pd.DataFrame, out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m pipeline.generate --rows N --out PATH [--task ...] [--seed ...]``: write one table."""
-    parser = argparse.ArgumentParser(prog="python -m pipeline.generate", description=__doc__.splitlines()[0])
+    """``pipeline generate --rows N --out PATH [--task ...] [--seed ...]``: write one table."""
+    parser = argparse.ArgumentParser(prog="pipeline generate", description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, required=True, help="number of rows")
     parser.add_argument("--out", required=True, help="output file: .csv or .parquet")
     parser.add_argument("--task", choices=TASKS, default="classification",

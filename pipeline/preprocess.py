@@ -294,6 +294,20 @@ def raw_inputs(spec: FeatureSpec) -> dict[str, "keras.KerasTensor"]:
     return inputs
 
 
+def _namer(taken):
+    """Layer names that never collide with a column's input name (a column may be called ``value`` or
+    ``x_quantile``): Keras wants every layer name of a model unique."""
+    used = set(taken)
+
+    def name(base: str) -> str:
+        while base in used:
+            base += "_"
+        used.add(base)
+        return base
+
+    return name
+
+
 def build_preprocessor(meta: PreprocessMeta) -> "keras.Model":
     """The preprocessor (raw features -> processed tensors, see the module docstring), rebuilt from ``meta``."""
     import keras
@@ -303,29 +317,30 @@ def build_preprocessor(meta: PreprocessMeta) -> "keras.Model":
     L = layers()
     spec = meta.feature_spec
     inputs = raw_inputs(spec)
+    name = _namer(inputs)
     numeric_parts, outputs = [], {}
     for col in spec.names:  # input order fixes the layout of the numeric matrix
         if col in meta.numeric:
-            numeric_parts.append(L["QuantileNormal"](**meta.numeric[col], name=f"{col}_quantile")(inputs[col]))
+            numeric_parts.append(L["QuantileNormal"](**meta.numeric[col], name=name(f"{col}_quantile"))(inputs[col]))
         elif col in meta.boolean:
-            numeric_parts.append(L["BooleanValue"](**meta.boolean[col], name=f"{col}_bool")(inputs[col]))
+            numeric_parts.append(L["BooleanValue"](**meta.boolean[col], name=name(f"{col}_bool"))(inputs[col]))
         elif col in meta.datetime:
-            numeric_parts.append(L["DateParts"](**meta.datetime[col], name=f"{col}_date")(inputs[col]))
+            numeric_parts.append(L["DateParts"](**meta.datetime[col], name=name(f"{col}_date"))(inputs[col]))
         elif col in meta.categorical:
             p = meta.categorical[col]
             lookup = keras.layers.StringLookup(vocabulary=p["vocabulary"], num_oov_indices=p["oov"],
-                                               output_mode="int", name=f"{col}_lookup")
+                                               output_mode="int", name=name(f"{col}_lookup"))
             outputs[f"cat__{col}"] = lookup(inputs[col])
         elif col in meta.text:
             p = meta.text[col]
             vectorize = keras.layers.TextVectorization(vocabulary=p["vocabulary"], idf_weights=p["idf"],
                                                        ngrams=p["ngrams"], output_mode="tf_idf",
-                                                       name=f"{col}_tfidf")
-            outputs[f"text__{col}"] = keras.layers.UnitNormalization(name=f"{col}_l2")(vectorize(inputs[col]))
+                                                       name=name(f"{col}_tfidf"))
+            outputs[f"text__{col}"] = keras.layers.UnitNormalization(name=name(f"{col}_l2"))(vectorize(inputs[col]))
     if numeric_parts:
         outputs[NUMERIC_INPUT] = (numeric_parts[0] if len(numeric_parts) == 1
-                                  else keras.layers.Concatenate(name="numeric_features")(numeric_parts))
-    return keras.Model(inputs, outputs, name="preprocessor")
+                                  else keras.layers.Concatenate(name=name("numeric_features"))(numeric_parts))
+    return keras.Model(inputs, outputs, name=name("preprocessor"))
 
 
 def processed_dataset(df: "pd.DataFrame", meta: PreprocessMeta, preprocessor: "keras.Model", batch_size: int,
@@ -398,13 +413,15 @@ def full_model(meta: PreprocessMeta, body: "keras.Model") -> "keras.Model":
 
     spec = meta.feature_spec
     inputs = raw_inputs(spec)
-    processed = build_preprocessor(meta)(inputs)
-    out = body(processed)
+    name = _namer([*inputs, body.name])
+    preprocessor = build_preprocessor(meta)
+    preprocessor.name = name(preprocessor.name)
+    out = body(preprocessor(inputs))
     if spec.task == "regression":
         # The body predicts a standardized value; rescaling inside the model keeps the endpoint in label units.
-        out = keras.layers.Rescaling(meta.label_std, offset=meta.label_mean, dtype="float32", name="value")(out)
-        out = keras.layers.Reshape((), name="value_flat")(out)
-    return keras.Model(inputs, out, name="served_model")
+        out = keras.layers.Rescaling(meta.label_std, offset=meta.label_mean, dtype="float32", name=name("value"))(out)
+        out = keras.layers.Reshape((), name=name("value_flat"))(out)
+    return keras.Model(inputs, out, name=name("served_model"))
 
 
 def save_preprocessing(meta: PreprocessMeta, out_dir: str | Path) -> dict[str, str]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline import paths
+from pipeline import memory, paths
 from pipeline.config import PipelineConfig, from_dict, load_config
 
 STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register", "deploy")
@@ -231,6 +231,7 @@ def train_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[str, 
         mlflow.log_metrics({"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                             "resumed_from_epoch": result.resumed_from_epoch})
         tracking.log_figure(tracking.training_curve_figure(result.history), "training_curves.png")
+    memory.release()  # the training data and the fit's tensors are gone: hand their pages back before evaluate
     return {"parent_run_id": splits["parent_run_id"], "model": result.model_path, "epochs_run": result.epochs_run}
 
 
@@ -307,7 +308,7 @@ def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[st
     from pipeline.export import write_candidate
     from pipeline.preprocess import PreprocessMeta, feature_arrays
     from pipeline.pyfunc import log_pyfunc
-    from pipeline.train import load_model
+    from pipeline.train import load_model, release_loaded_model
 
     cfg = load_run_config(params)
     meta = PreprocessMeta.load(preprocessed["meta"])
@@ -337,6 +338,8 @@ def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[st
 
         # Raises unless what MLflow stored loads and answers the example (rather than assume it does).
         info = log_pyfunc(staging, pd.DataFrame(feature_arrays(test.head(5), spec)))
+    release_loaded_model()
+    memory.release()  # before deploy starts the sandbox server beside this process
     return {"parent_run_id": splits["parent_run_id"], "staging": str(staging), "model_uri": info.model_uri,
             "max_abs_diff": diff}
 

@@ -253,3 +253,8 @@ def load_model(path: str | Path, meta: PreprocessMeta) -> "keras.Model":
         _LOADED.clear()
         _LOADED[key] = model
     return _LOADED[key]
+
+
+def release_loaded_model() -> None:
+    """Drop the model :func:`load_model` keeps (export is its last user in a run)."""
+    _LOADED.clear()

@@ -153,9 +153,11 @@ def lineage_features(lineage: Mapping, with_predictions: bool) -> FeatureTypes:
             pred_num = tuple(f"prediction.proba.{c}" for c in lineage.get("class_names") or ())
         else:
             pred_num = (PREDICTED_VALUE,)
-    return FeatureTypes(
-        tuple(feats.get("numeric") or ()), tuple(feats.get("categorical") or ()), pred_num, pred_cat
-    )
+    # Dates move on by themselves and free text is new in every row: their values are not compared as
+    # categories (the numeric and categorical columns still are).
+    kinds = feats.get("kinds") or {}
+    categorical = tuple(c for c in feats.get("categorical") or () if kinds.get(c) not in ("datetime", "text"))
+    return FeatureTypes(tuple(feats.get("numeric") or ()), categorical, pred_num, pred_cat)
 
 
 def saved_model_predictions(model_dir: Path, lineage: Mapping) -> Callable[[pd.DataFrame], pd.DataFrame]:

@@ -40,6 +40,9 @@ WORDS = np.array("the quick brown fox jumps over a lazy dog while it rains outsi
     ("zip", np.where(np.arange(N) < 10, "02134-1234", RNG.choice(["02134", "10001", "94105"], N)), "categorical"),
     ("tail", [f"N{i}" for i in RNG.integers(0, 3000, 5000)], "high_cardinality"),
     ("review", [" ".join(RNG.choice(WORDS, 6)) for _ in range(N)], "text"),
+    # names of things: whole values rare, words shared ("ford torino", "ford pinto", ...)
+    ("car_name", [f"{RNG.choice(['ford', 'toyota', 'fiat'])} m{i}" for i in RNG.integers(0, 150, N)], "text"),
+    ("city", RNG.choice(["New York", "San Francisco", "Los Angeles", "Las Vegas"], N), "categorical"),
     ("when", pd.date_range("2020-01-01", periods=N, freq="D").strftime("%Y-%m-%d"), "datetime"),
     ("stamp", pd.date_range("2020-01-01", periods=N, freq="h").strftime("%Y-%m-%dT%H:%M:%SZ"), "datetime"),
     ("us_date", pd.date_range("2020-01-01", periods=N, freq="D").strftime("%m/%d/%Y"), "datetime"),

