@@ -196,6 +196,7 @@ def preprocess_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[
         spec = FeatureSpec.from_dict(validated["features"])
         meta = fit_preprocessing(_read_frame(splits["train"]), spec, options)
         out = save_preprocessing(meta, ctx.work_dir / "preprocess")
+        memory.release()
         mspec = meta.model_spec()
         mlflow.log_params({"numeric_features": ",".join(spec.numeric)[:6000],
                            "string_features": ",".join(spec.categorical)[:6000],

@@ -183,3 +183,19 @@ def test_serve_without_flags_uses_the_generated_models_config(pipeline_home):
     assert options.model_config_poll_s > 0, "a rollback reaches a server started without flags"
     assert [m.labels for m in options.models] == [(("stable", 1),)]
     assert parse_args(["--model_config_file_poll_wait_seconds", "0"]).model_config_poll_s == 0
+
+
+def test_checks_send_the_test_split_in_bounded_requests():
+    import numpy as np
+
+    from pipeline.deploy import _in_chunks
+
+    calls = []
+
+    def predict(part):
+        calls.append(len(part["x"]))
+        return part["x"] * 2
+
+    inputs = {"x": np.arange(10, dtype=np.float32), "c": np.array(list("abcdefghij"))}
+    np.testing.assert_array_equal(_in_chunks(predict, inputs, rows=4), np.arange(10) * 2)
+    assert calls == [4, 4, 2]
