@@ -63,7 +63,7 @@ def plain(home: Path, epochs: int) -> None:
     save_preprocessing(meta, paths.run_dir(run) / "preprocess")
     trained = train(parts["train"], parts["val"], meta, cfg.model, cfg.training, paths.run_dir(run) / "train",
                     seed=cfg.split.seed)
-    model = load_model(trained.model_path, meta)
+    model = load_model(trained.model_path, meta, cfg.model)
     y = label_array(parts["test"], meta)
     metrics = classification_metrics(y, predict_keras(model, parts["test"], meta), meta.class_names)
     champion_metrics = (classification_metrics(y, predict_saved_model(champion, parts["test"], spec), meta.class_names)

@@ -3,8 +3,9 @@
 When ``pipeline train`` runs every task in one process, what a stage freed stays in the C allocator's free lists
 (TensorFlow's CPU tensors come from ``malloc``): the next stage, and the deploy stage's sandbox server beside it,
 would see a process still as large as training made it. ``release`` collects Python garbage and asks glibc to
-return free heap pages (``malloc_trim``); measured on the 303k-row flights table it hands back about 130 MB after
-training. It is a no-op where glibc is absent.
+return free heap pages (``malloc_trim``). Measured on the 303k-row flights table: without it the training
+process grew by about 30 MB an epoch (1,150 MB after the first epoch, 1,750 MB after the fifteenth), with it after
+every epoch it stays at 1,150 MB. It is a no-op where glibc is absent.
 """
 from __future__ import annotations
 

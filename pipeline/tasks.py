@@ -256,7 +256,7 @@ def evaluate_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[st
         if spec.task == "classification":
             keep = y >= 0  # classes never seen in training cannot be scored
             test, y = test[keep].reset_index(drop=True), y[keep]
-        pred = predict_keras(load_model(trained["model"], meta), test, meta)
+        pred = predict_keras(load_model(trained["model"], meta, cfg.model), test, meta)
 
         def score(p):
             if spec.task == "classification":
@@ -333,7 +333,7 @@ def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[st
         # A retry replaces its own earlier staging copy: the directory is keyed by the DAG run.
         staging = staging_root / f".staging-{paths.safe_key(ctx.run_id)}"
         shutil.rmtree(staging, ignore_errors=True)
-        tmp, diff = write_candidate(load_model(trained["model"], meta), meta, test, staging_root, metadata, schema)
+        tmp, diff = write_candidate(load_model(trained["model"], meta, cfg.model), meta, test, staging_root, metadata, schema)
         tmp.rename(staging)
         mlflow.log_metric("export_max_abs_diff", diff)
 

@@ -146,3 +146,36 @@ def test_class_weights_train_rare_classes_and_served_probabilities_stay_calibrat
                         tmp_path / "balanced")
     favoured = predict_keras(load_model(uncorrected.model_path, meta), frame, meta)
     assert favoured[:, 1].mean() > 0.3  # balanced weights, no correction: the rare class is favoured
+
+
+CUSTOM_MODULE = '''
+import keras
+
+
+class Doubler(keras.layers.Layer):
+    """A custom layer at the module's top level, not registered: the pipeline finds it when loading."""
+
+    def call(self, x):
+        return x * 2.0
+
+
+def build(inputs, spec, *, units=4):
+    from models.layers import encode, head
+
+    return head(keras.layers.Dense(units)(Doubler()(encode(inputs, spec))), spec)
+'''
+
+
+def test_a_user_module_with_its_own_layer_trains_and_loads_back(tmp_path, tiny_frame):
+    module = tmp_path / "my_layers.py"
+    module.write_text(CUSTOM_MODULE)
+    cfg = ModelConfig(module=str(module), params={"units": 3})
+    meta = _prepared(tmp_path, tiny_frame)
+    result = train(tiny_frame, tiny_frame, meta, cfg, TrainingConfig(epochs=2, batch_size=4), tmp_path / "t")
+    from pipeline.train import release_loaded_model
+
+    release_loaded_model()
+    model = load_model(result.model_path, meta, cfg)  # a later task: the class comes from the module
+    from pipeline.export import predict_keras
+
+    assert predict_keras(model, tiny_frame, meta).shape == (12, 2)
