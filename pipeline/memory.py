@@ -27,11 +27,17 @@ def _libc():
     return _LIBC
 
 
-def release() -> bool:
-    """Collect garbage and return free heap memory to the OS; True if the allocator could be asked."""
-    gc.collect()
+def trim() -> bool:
+    """Return free heap memory to the OS (microseconds); True if the allocator could be asked."""
     libc = _libc()
     if not libc:
         return False
     libc.malloc_trim(0)
     return True
+
+
+def release() -> bool:
+    """Collect garbage (about 0.3 s in a process holding TensorFlow, Airflow and MLflow: between stages, not in a
+    loop), then :func:`trim`."""
+    gc.collect()
+    return trim()

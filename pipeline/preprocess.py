@@ -4,7 +4,8 @@ The *preprocessor* is a Keras model from the raw features (one rank-1 input per 
 columns, string for every other kind) to the numeric tensors the trained model sees:
 
 - ``numeric``: one float matrix, concatenating per column
-  numeric -> quantile in the training split mapped to a normal value (+ a missing indicator if it had gaps);
+  numeric -> quantile in the training split mapped to a normal value, and the value standardized (clipped to
+  +-5) (+ a missing indicator if it had gaps);
   boolean -> 1/0/0.5 (+ missing indicator); datetime -> elapsed time, year, and month / day / weekday / hour
   as points on a circle (+ missing indicator) (:mod:`pipeline.encoders`);
 - ``cat__<key>``: the integer id of a categorical value: the training split's vocabulary by frequency
@@ -233,8 +234,6 @@ def _text_vocabulary(values: "np.ndarray", opts: EncodingOptions) -> dict:
 
 
 def _date_stats(values: "np.ndarray", detail: dict) -> dict:
-    import numpy as np
-
     from pipeline.encoders import layers
 
     probe = layers()["DateParts"](fmt=detail.get("format", "ymd"), has_time=bool(detail.get("has_time")))

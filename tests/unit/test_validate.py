@@ -113,7 +113,6 @@ def test_rare_class_is_an_error_or_merged(tiny_frame):
     merged = validate(df, "label", None, labels=LabelsConfig(rare_classes="merge"))
     assert any(a.kind == "rare_class" and "merged into 'other'" in a.message for a in merged.anomalies)
 
-    from pipeline.config import SplitConfig
     from pipeline.split import prepare_labels
 
     rows, counts = prepare_labels(df, "label", "classification", LabelsConfig(rare_classes="merge"))
