@@ -29,6 +29,28 @@ def get_builder(name: str) -> Callable:
         raise ValueError(f"unknown model builder {name!r}; known: {', '.join(sorted(BUILDERS))}") from None
 
 
+_FILE_MODULES: dict[tuple[str, int], object] = {}
+
+
+def _import_file(ref: str, path: Path):
+    """The module in ``path``, imported once per version of the file: every task loads the run's config, and
+    each load checks the builder, so without this the user's file would run again each time (and its classes be
+    new ones)."""
+    key = (str(path), path.stat().st_mtime_ns)
+    if key not in _FILE_MODULES:
+        name = f"pipeline_user_model_{path.stem}_{abs(hash(key))}"
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as exc:
+            del sys.modules[name]
+            raise ValueError(f"model.module {ref!r}: importing {path} failed: {type(exc).__name__}: {exc}") from exc
+        _FILE_MODULES[key] = module
+    return _FILE_MODULES[key]
+
+
 def load_module_builder(ref: str, base: Path | None = None) -> Callable:
     """The builder a ``model.module`` reference names: a ``.py`` file (its ``build``; relative paths against
     ``base``, then the working directory) or ``package.module[:function]`` (default ``build``)."""
@@ -39,14 +61,7 @@ def load_module_builder(ref: str, base: Path | None = None) -> Callable:
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:
             raise ValueError(f"model.module {ref!r}: file not found (looked in {', '.join(map(str, candidates))})")
-        name = f"pipeline_user_model_{found.stem}_{abs(hash(str(found.resolve())))}"
-        spec = importlib.util.spec_from_file_location(name, found)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        try:
-            spec.loader.exec_module(module)
-        except Exception as exc:
-            raise ValueError(f"model.module {ref!r}: importing {found} failed: {type(exc).__name__}: {exc}") from exc
+        module = _import_file(ref, found.resolve())
         func = func or "build"
     else:
         mod_name, _, func = ref.partition(":")

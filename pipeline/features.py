@@ -30,6 +30,8 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
+from pipeline.config import FeaturesConfig
+
 if TYPE_CHECKING:  # pandas is imported lazily: DAG files import this package
     import pandas as pd
 
@@ -65,14 +67,8 @@ DATE_FORMATS = {
 DATE_FORMAT_NAMES = {"ymd": "YYYY-MM-DD[ HH:MM[:SS]]", "mdy": "MM/DD/YYYY[ HH:MM[:SS]]"}
 
 
-@dataclass(frozen=True)
-class InferenceOptions:
-    """Thresholds of the inference (config section ``features``; defaults documented there)."""
-
-    max_vocabulary: int = 1000        # categorical values kept by frequency; more distinct -> high_cardinality
-    id_unique_ratio: float = 0.95     # string columns this unique (share of distinct non-null values) are ids
-    text_min_words: float = 3.0       # mean words per value from which a many-valued string column is text
-    date_share: float = 0.98          # share of non-null values that must parse as one date format
+# Share of non-null values that must follow one date format for a string column to be dates.
+DATE_SHARE = 0.98
 
 
 def column_key(name: str) -> str:
@@ -99,8 +95,9 @@ def key_columns(columns: Iterable[str]) -> dict[str, str]:
 class FeatureError(ValueError):
     """A column cannot be used as configured or inferred; ``column`` names it."""
 
-    def __init__(self, column: str, problem: str, message: str):
+    def __init__(self, column: str, problem: str, message: str, others: list["FeatureError"] | None = None):
         self.column, self.problem = column, problem
+        self.errors = [self, *(others or [])]  # every unusable column of one resolve, this one first
         super().__init__(message)
 
 
@@ -127,9 +124,6 @@ class FeatureSpec:
 
     def kind(self, key: str) -> str:
         return self.kinds.get(key) or (NUMERIC if key in self.numeric else CATEGORICAL)
-
-    def of_kind(self, *kinds: str) -> tuple[str, ...]:
-        return tuple(k for k in self.names if self.kind(k) in kinds)
 
     def to_dict(self) -> dict:
         return {"numeric": list(self.numeric), "categorical": list(self.categorical), "label": self.label,
@@ -171,7 +165,7 @@ def numeric_share(values: "pd.Series") -> tuple[float, "pd.Series"]:
     return (1 - len(bad) / len(values)) if len(values) else 0.0, bad
 
 
-def date_format(values: "pd.Series", share: float = InferenceOptions.date_share) -> tuple[str | None, dict]:
+def date_format(values: "pd.Series", share: float = DATE_SHARE) -> tuple[str | None, dict]:
     """The one :data:`DATE_FORMATS` entry that ``values`` (non-null strings) follow, or None; with what was found
     (each format's share, whether times occur) so a column of mixed formats can be named as such."""
     sample = values.astype(str).str.strip()
@@ -202,7 +196,7 @@ def looks_like_dates(values: "pd.Series") -> bool:
 _ID_NAME = re.compile(r"(^|[_\-. ])(id|uuid|guid|key|index|idx|row|rownum|row_number)s?$|^unnamed", re.IGNORECASE)
 
 
-def infer_kind(name: str, s: "pd.Series", opts: InferenceOptions = InferenceOptions()) -> tuple[str, dict, str]:
+def infer_kind(name: str, s: "pd.Series", opts: FeaturesConfig = FeaturesConfig()) -> tuple[str, dict, str]:
     """The kind of one column from its values: ``(kind, details, why)``.
 
     ``details`` records what downstream stages need (a date format, the cardinality); ``why`` is a short reason
@@ -238,7 +232,7 @@ def infer_kind(name: str, s: "pd.Series", opts: InferenceOptions = InferenceOpti
     lowered = values.str.strip().str.lower()
     if distinct <= 2 and set(lowered.unique()) <= (TRUE_STRINGS | FALSE_STRINGS):
         return BOOLEAN, details, "true/false values"
-    fmt, found = date_format(values, opts.date_share)
+    fmt, found = date_format(values)
     if fmt is not None:
         return DATETIME, {**details, "format": fmt, "has_time": found["has_time"]}, \
             f"dates ({DATE_FORMAT_NAMES[fmt]})"
@@ -283,7 +277,7 @@ def infer_kind(name: str, s: "pd.Series", opts: InferenceOptions = InferenceOpti
 def resolve_features(df: "pd.DataFrame", label: str, task: str | None, numeric: Iterable[str] = (),
                      categorical: Iterable[str] = (), exclude: Iterable[str] = (),
                      kinds: Mapping[str, str] | None = None, not_features: Iterable[str] = (),
-                     options: InferenceOptions = InferenceOptions()) -> FeatureSpec:
+                     options: FeaturesConfig = FeaturesConfig()) -> FeatureSpec:
     """Decide the feature contract from the data and whatever the config pinned.
 
     Columns named in ``numeric``/``categorical``/``exclude`` or in ``kinds`` (column -> kind) keep that kind; the
@@ -291,7 +285,8 @@ def resolve_features(df: "pd.DataFrame", label: str, task: str | None, numeric: 
     are left out unless pinned. Names may be given as original column names or as keys.
 
     Raises:
-        FeatureError: a pinned column is not in the data, or a column cannot be used, or no feature is left.
+        FeatureError: a pinned column is not in the data, or columns cannot be used (all of them in its
+            ``errors``), or no feature is left.
     """
     pinned: dict[str, str] = {}
     for kind, cols in ((NUMERIC, numeric), (CATEGORICAL, categorical), (EXCLUDE, exclude)):
@@ -306,29 +301,37 @@ def resolve_features(df: "pd.DataFrame", label: str, task: str | None, numeric: 
     kinds_out: dict[str, str] = {}
     details: dict[str, dict] = {}
     excluded: dict[str, str] = {}
+    errors: list[FeatureError] = []
     for col in df.columns:
         if col == label:
             continue
         if col in skipped:
             excluded[col] = f"{EXCLUDE}: the split's key/time column (name it in features to use it)"
             continue
-        if col in pinned:
-            kind, info = pinned[col], {"pinned": True}
-            if kind == EXCLUDE:
-                excluded[col] = f"{EXCLUDE}: by the config"
-                continue
-            if kind == DATETIME:
-                info.update(_pinned_date(col, df[col], options))
-            if df[col].isna().all() or (_is_stringish(df[col]) and (df[col].dropna().astype(str).str.strip() == "").all()):
-                raise FeatureError(col, "all_missing", f"column {col!r}: all values are missing or empty")
-        else:
-            kind, info, why = infer_kind(col, df[col], options)
-            info["why"] = why
-            if kind in EXCLUDED_KINDS:
-                excluded[col] = f"{kind}: {why}"
-                continue
+        try:
+            if col in pinned:
+                kind, info = pinned[col], {"pinned": True}
+                if kind == EXCLUDE:
+                    excluded[col] = f"{EXCLUDE}: by the config"
+                    continue
+                if kind == DATETIME:
+                    info.update(_pinned_date(col, df[col]))
+                s = df[col]
+                if s.isna().all() or (_is_stringish(s) and (s.dropna().astype(str).str.strip() == "").all()):
+                    raise FeatureError(col, "all_missing", f"column {col!r}: all values are missing or empty")
+            else:
+                kind, info, why = infer_kind(col, df[col], options)
+                info["why"] = why
+                if kind in EXCLUDED_KINDS:
+                    excluded[col] = f"{kind}: {why}"
+                    continue
+        except FeatureError as exc:  # go on: every unusable column is reported at once
+            errors.append(exc)
+            continue
         kinds_out[col] = kind
         details[col] = info
+    if errors:
+        raise FeatureError(errors[0].column, errors[0].problem, str(errors[0]), errors[1:])
     if not kinds_out:
         why = "; ".join(f"{c} ({r})" for c, r in excluded.items()) or "the table has no other column"
         raise FeatureError("*", "no_features", f"no feature columns left besides the label {label!r}: {why}")
@@ -337,12 +340,12 @@ def resolve_features(df: "pd.DataFrame", label: str, task: str | None, numeric: 
     return FeatureSpec(numeric_keys, string_keys, label, task or infer_task(df[label]), kinds_out, details, excluded)
 
 
-def _pinned_date(col: str, s: "pd.Series", options: InferenceOptions) -> dict:
+def _pinned_date(col: str, s: "pd.Series") -> dict:
     import pandas as pd
 
     if pd.api.types.is_datetime64_any_dtype(s):
         return {"format": "ymd", "has_time": True, "dtype": True}
-    fmt, found = date_format(s.dropna().astype(str), options.date_share)
+    fmt, found = date_format(s.dropna().astype(str))
     if fmt is None:
         raise FeatureError(col, "mixed_date_formats",
                            f"column {col!r} is configured as datetime but its values are not in one supported format "

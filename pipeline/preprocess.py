@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.config import FeaturesConfig
 from pipeline.features import BOOLEAN, CATEGORICAL, DATETIME, HIGH_CARDINALITY, NUMERIC, TEXT, FeatureSpec
 
 if TYPE_CHECKING:
@@ -39,17 +40,6 @@ if TYPE_CHECKING:
 MISSING_CATEGORY = ""  # what a missing string value is fed as, in training and at the endpoint
 NUMERIC_INPUT = "numeric"
 N_QUANTILES = 1000
-
-
-@dataclass(frozen=True)
-class EncodingOptions:
-    """How features are encoded (config section ``features``)."""
-
-    max_vocabulary: int = 1000      # categorical values kept, most frequent first
-    min_frequency: int = 2          # values rarer than this in the training split share the OOV slots
-    hash_buckets: int = 64          # OOV slots of a high-cardinality column (hashing); low-cardinality: 1
-    text_max_tokens: int = 5000     # words and bigrams kept per text column
-    text_ngrams: int = 2
 
 
 @dataclass(frozen=True)
@@ -122,12 +112,13 @@ class PreprocessMeta:
     def summary(self) -> dict[str, Any]:
         """Per feature, how it is encoded (for MLflow): kind, width or vocabulary size."""
         out: dict[str, Any] = {}
+        spec = self.feature_spec
         for k, p in self.numeric.items():
             out[k] = {"kind": NUMERIC, "median": p["fill"], "missing_indicator": p["indicator"]}
         for k, p in self.boolean.items():
             out[k] = {"kind": BOOLEAN, "missing_indicator": p["indicator"]}
         for k, p in self.categorical.items():
-            out[k] = {"kind": self.feature_spec.kind(k), "vocabulary": len(p["vocabulary"]), "oov_slots": p["oov"],
+            out[k] = {"kind": spec.kind(k), "vocabulary": len(p["vocabulary"]), "oov_slots": p["oov"],
                       "top": p["vocabulary"][:10]}
         for k, p in self.text.items():
             out[k] = {"kind": TEXT, "vocabulary": len(p["vocabulary"]), "top": p["vocabulary"][1:11]}
@@ -204,7 +195,7 @@ def _quantiles(values: "np.ndarray") -> dict:
             "indicator": bool(np.isnan(values).any()), "mean": float(filled.mean()), "std": float(filled.std() or 1.0)}
 
 
-def _vocabulary(values: "np.ndarray", opts: EncodingOptions, high: bool) -> dict:
+def _vocabulary(values: "np.ndarray", opts: FeaturesConfig, high: bool) -> dict:
     import numpy as np
 
     uniq, counts = np.unique(values, return_counts=True)
@@ -215,7 +206,7 @@ def _vocabulary(values: "np.ndarray", opts: EncodingOptions, high: bool) -> dict
     return {"vocabulary": keep[: opts.max_vocabulary], "oov": opts.hash_buckets if high else 1}
 
 
-def _text_vocabulary(values: "np.ndarray", opts: EncodingOptions) -> dict:
+def _text_vocabulary(values: "np.ndarray", opts: FeaturesConfig) -> dict:
     import keras
     import numpy as np
     import tensorflow as tf
@@ -249,7 +240,7 @@ def _date_stats(values: "np.ndarray", detail: dict) -> dict:
 
 
 def fit_preprocessing(train_df: "pd.DataFrame", spec: FeatureSpec,
-                      opts: EncodingOptions = EncodingOptions()) -> PreprocessMeta:
+                      opts: FeaturesConfig = FeaturesConfig()) -> PreprocessMeta:
     """Fit every feature's encoding on ``train_df`` (the training split only) and the label's."""
     import numpy as np
 

@@ -186,15 +186,12 @@ def preprocess_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[
 
     from pipeline import tracking
     from pipeline.features import FeatureSpec
-    from pipeline.preprocess import EncodingOptions, fit_preprocessing, save_preprocessing
+    from pipeline.preprocess import fit_preprocessing, save_preprocessing
 
     cfg = load_run_config(params)
-    f = cfg.features
-    options = EncodingOptions(max_vocabulary=f.max_vocabulary, min_frequency=f.min_frequency,
-                              hash_buckets=f.hash_buckets, text_max_tokens=f.text_max_tokens, text_ngrams=f.text_ngrams)
     with tracking.stage_run(splits["parent_run_id"], "preprocess"):
         spec = FeatureSpec.from_dict(validated["features"])
-        meta = fit_preprocessing(_read_frame(splits["train"]), spec, options)
+        meta = fit_preprocessing(_read_frame(splits["train"]), spec, cfg.features)
         out = save_preprocessing(meta, ctx.work_dir / "preprocess")
         memory.release()
         mspec = meta.model_spec()

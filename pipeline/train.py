@@ -80,7 +80,7 @@ def build_body(meta: PreprocessMeta, model_cfg: ModelConfig) -> "keras.Model":
     if tuple(out.shape[1:]) != expected:
         raise ValueError(f"model builder {model_cfg.label} returned an output of shape {tuple(out.shape)}; "
                          f"the {mspec.task} head must be (batch, {expected[0]})")
-    return keras.Model(inputs, out, name=f"{model_cfg.module and 'module' or model_cfg.builder}_{mspec.task}")
+    return keras.Model(inputs, out, name=f"{'module' if model_cfg.module else model_cfg.builder}_{mspec.task}")
 
 
 @dataclass(frozen=True)

@@ -181,27 +181,16 @@ def validate(df: "pd.DataFrame", label: str, task: str | None, features: Feature
     Raises:
         ValidationError: with every blocking anomaly, each naming its column.
     """
-    from pipeline.features import FeatureError, InferenceOptions, column_key, resolve_features
+    from pipeline.features import FeatureError, column_key, resolve_features
 
     if column_key(label) not in df.columns:
         raise ValidationError([Anomaly(label, "missing_column", "label column not found", True)], source)
-    options = InferenceOptions(max_vocabulary=features.max_vocabulary, id_unique_ratio=features.id_unique_ratio,
-                               text_min_words=features.text_min_words)
+    try:
+        spec = resolve_features(df, label, task, kinds=features.kinds, not_features=not_features, options=features)
+    except FeatureError as exc:
+        raise ValidationError([Anomaly(e.column, e.problem, str(e).removeprefix(f"column {e.column!r}: "), True)
+                               for e in exc.errors], source) from exc
     anomalies: list[Anomaly] = []
-    kinds = dict(features.kinds)
-    spec = None
-    # Every column that cannot be used is reported at once (not only the first), then the run stops.
-    for _ in range(len(df.columns) + 1):
-        try:
-            spec = resolve_features(df, label, task, kinds=kinds, not_features=not_features, options=options)
-            break
-        except FeatureError as exc:
-            anomalies.append(Anomaly(exc.column, exc.problem, str(exc).removeprefix(f"column {exc.column!r}: "), True))
-            if exc.column == "*" or exc.column in kinds and kinds[exc.column] == "exclude":
-                break
-            kinds[exc.column] = "exclude"
-    if spec is None or any(a.blocking for a in anomalies):
-        raise ValidationError(anomalies, source)
     for col, why in spec.excluded.items():
         if not why.startswith("exclude"):
             anomalies.append(Anomaly(col, why.split(":")[0], f"not used as a feature: {why}", False))

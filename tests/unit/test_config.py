@@ -92,3 +92,11 @@ def test_module_is_found_beside_the_config(tmp_path):
     (tmp_path / "d.yaml").write_text("source: a.csv\nlabel: y\nmodel:\n  module: mine.py\n  params: {unit: 4}\n")
     with pytest.raises(ConfigError, match="model.params.unit: builder module .*mine.py' has no parameter 'unit'"):
         load_config(tmp_path / "d.yaml")
+
+
+def test_a_module_file_runs_once_per_version(tmp_path):
+    (tmp_path / "counted.py").write_text("RUNS = []\nRUNS.append(1)\n\ndef build(inputs, spec):\n    pass\n")
+    (tmp_path / "c.yaml").write_text("source: a.csv\nlabel: y\nmodel:\n  module: counted.py\n")
+    first = load_config(tmp_path / "c.yaml").model.build_fn()
+    second = load_config(tmp_path / "c.yaml").model.build_fn()
+    assert first is second and first.__globals__["RUNS"] == [1]

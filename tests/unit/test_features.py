@@ -59,11 +59,11 @@ def test_infer_kind(name, values, kind):
 
 
 def test_high_cardinality_threshold_is_configurable():
-    from pipeline.features import InferenceOptions
+    from pipeline.config import FeaturesConfig
 
     s = pd.Series([f"c{i % 50}" for i in range(500)])
     assert infer_kind("c", s)[0] == "categorical"
-    assert infer_kind("c", s, InferenceOptions(max_vocabulary=20))[0] == "high_cardinality"
+    assert infer_kind("c", s, FeaturesConfig(max_vocabulary=20))[0] == "high_cardinality"
 
 
 def test_numbers_with_words_are_refused_naming_the_column():

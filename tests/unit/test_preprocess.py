@@ -5,7 +5,8 @@ import pandas as pd
 import pytest
 
 from pipeline.features import FeatureSpec, resolve_features
-from pipeline.preprocess import (EncodingOptions, PreprocessMeta, auto_batch_size, build_preprocessor, class_weights,
+from pipeline.config import FeaturesConfig
+from pipeline.preprocess import (PreprocessMeta, auto_batch_size, build_preprocessor, class_weights,
                                  feature_arrays, fit_preprocessing, label_array, processed_dataset, save_preprocessing)
 
 SPEC = FeatureSpec(("x",), ("color",), "label", "classification")
@@ -45,7 +46,7 @@ def test_adapted_on_training_rows_only(tiny_frame):
 
 
 def test_known_outputs(tiny_frame):
-    meta = fit_preprocessing(tiny_frame, SPEC, EncodingOptions(min_frequency=1))
+    meta = fit_preprocessing(tiny_frame, SPEC, FeaturesConfig(min_frequency=1))
     out = _run(build_preprocessor(meta), {"x": np.array([meta.numeric["x"]["fill"], np.nan, 1e6], dtype=np.float32),
                                           "color": np.array(["green", "", "purple"])})
     # numeric: [quantile-normal, standardized, missing]; the median is the 50% quantile -> 0
@@ -63,7 +64,7 @@ def test_high_cardinality_is_capped_and_hashed():
     values = [f"v{i}" for i in range(50) for _ in range(3)]
     df = pd.DataFrame({"c": values, "y": [0, 1] * 75})
     spec = FeatureSpec((), ("c",), "y", "classification", {"c": "high_cardinality"})
-    meta = fit_preprocessing(df, spec, EncodingOptions(max_vocabulary=10, hash_buckets=8))
+    meta = fit_preprocessing(df, spec, FeaturesConfig(max_vocabulary=10, hash_buckets=8))
     assert len(meta.categorical["c"]["vocabulary"]) == 10 and meta.categorical["c"]["oov"] == 8
     assert meta.model_spec().categorical == {"cat__c": 18}
     ids = _run(build_preprocessor(meta), {"c": np.array(values)})["cat__c"]
