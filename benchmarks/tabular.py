@@ -727,6 +727,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds before a run is killed (1800)")
     p.add_argument("--keep", action="store_true", help="keep each table's CSVs and PIPELINE_HOME under --out")
     p.add_argument("--write-docs", action="store_true", help="write the section of docs/benchmarks.md")
+    p.add_argument("--from-results", metavar="RESULTS_JSON",
+                   help="report (and with --write-docs, write) a finished run's results.json instead of running")
     # The HGB worker: this script run again as a subprocess, so its memory is measured as the pipeline's.
     p.add_argument("--hgb-worker", action="store_true", help=argparse.SUPPRESS)
     for name in ("--train", "--holdout", "--label", "--task", "--result"):
@@ -746,11 +748,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def report_saved(path: Path, args: argparse.Namespace) -> int:
+    """The report of a finished run from its ``results.json`` (floors judged again by this script's rules), so
+    the docs can be written from the run that was measured rather than from a second one."""
+    saved = json.loads(path.read_text())
+    results = saved["tables"]
+    floors, floor_notes = evaluate_floors(results)
+    text = render(results, floors, floor_notes, saved)
+    print(text)
+    if args.write_docs:
+        write_section(DOCS, text)
+        print(f"\nwrote the tabular-benchmark section of {DOCS.relative_to(ROOT)} from {path}")
+    print(floors_line(floors, False), flush=True)
+    return 0 if all(f.met for f in floors) else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     if args.hgb_worker:
         return hgb_worker(Path(args.train), Path(args.holdout), args.label, args.task, Path(args.result))
+    if args.from_results:
+        return report_saved(Path(args.from_results), args)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # scoring here; a failure raises anyway
     out_dir = Path(args.out).resolve() if args.out else Path(tempfile.mkdtemp(prefix="tabular-benchmark-"))
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -2,7 +2,8 @@
 into one vector, and the task's output head.
 
 The processed inputs (see :class:`pipeline.preprocess.ModelSpec`) are ``numeric`` (a float matrix: numbers,
-booleans and date parts, already scaled), ``cat__<column>`` (integer ids) and ``text__<column>`` (TF-IDF vectors).
+booleans and date parts, already scaled), ``cat__<column>`` (integer ids: categorical values, and the values of
+numeric columns with few of them) and ``text__<column>`` (TF-IDF vectors).
 """
 from __future__ import annotations
 

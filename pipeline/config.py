@@ -28,7 +28,7 @@ class ConfigError(ValueError):
 
 FEATURE_LIST_KEYS = ("numeric", "categorical", "exclude", "boolean", "high_cardinality", "text", "datetime")
 FEATURE_KNOBS = {"max_vocabulary": int, "min_frequency": int, "hash_buckets": int, "text_max_tokens": int,
-                 "text_ngrams": int, "id_unique_ratio": float, "text_min_words": float}
+                 "text_ngrams": int, "id_unique_ratio": float, "text_min_words": float, "value_ids": int}
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,7 @@ class FeaturesConfig:
     text_ngrams: int = 2
     id_unique_ratio: float = 0.95   # a string column with this share of distinct values is an identifier
     text_min_words: float = 3.0     # mean words per value from which a many-valued string column is free text
+    value_ids: int = 1000           # a numeric column with at most this many distinct values is also embedded by value; 0: never
 
     def of_kind(self, kind: str) -> tuple[str, ...]:
         return tuple(c for c, k in self.kinds.items() if k == kind)
@@ -342,6 +343,9 @@ def _check(cfg: PipelineConfig) -> None:
     if fc.max_vocabulary < 1 or fc.min_frequency < 1 or fc.hash_buckets < 1 or fc.text_max_tokens < 2 or fc.text_ngrams < 1:
         raise ConfigError("features.max_vocabulary, min_frequency, hash_buckets, text_ngrams must be >= 1 and "
                           "features.text_max_tokens >= 2")
+    if fc.value_ids < 0:
+        raise ConfigError(f"features.value_ids must be >= 0 (0: numeric columns are never embedded by value), "
+                          f"got {fc.value_ids}")
     if cfg.labels.rare_classes not in RARE_CLASS_RULES:
         raise ConfigError(f"labels.rare_classes must be one of {RARE_CLASS_RULES}, got {cfg.labels.rare_classes!r}")
     if cfg.labels.min_class_rows < 1:

@@ -67,6 +67,34 @@ def _define() -> dict[str, type]:
                     "fill": self.fill, "indicator": self.indicator, "mean": self.mean, "std": self.std}
 
     @keras.saving.register_keras_serializable(package="pipeline")
+    class ValueIds(keras.layers.Layer):
+        """A number -> the integer id of its value among the training split's distinct values (a column of few
+        values: codes, counts, levels), to be embedded like a category: the model can then single out each value
+        as a tree's splits do, where a normalized number only lets it draw smooth curves. ``boundaries`` are the
+        midpoints between consecutive kept values, so a value between two kept ones (rare in training, or
+        unseen) takes the id of the nearer; missing (NaN) has an id of its own, the last."""
+
+        def __init__(self, boundaries=(), **kwargs):
+            super().__init__(**kwargs)
+            self.boundaries = [float(b) for b in boundaries]
+
+        @property
+        def size(self) -> int:
+            return len(self.boundaries) + 2
+
+        def call(self, x):
+            x = tf.cast(tf.reshape(x, [-1]), tf.float32)
+            b = tf.constant(self.boundaries, tf.float32)
+            ids = tf.searchsorted(b, tf.where(tf.math.is_nan(x), 0.0, x), side="right", out_type=tf.int64)
+            return tf.where(tf.math.is_nan(x), tf.constant(len(self.boundaries) + 1, tf.int64), ids)
+
+        def compute_output_shape(self, input_shape):
+            return (input_shape[0],)
+
+        def get_config(self):
+            return {**super().get_config(), "boundaries": self.boundaries}
+
+    @keras.saving.register_keras_serializable(package="pipeline")
     class BooleanValue(keras.layers.Layer):
         """"true"/"yes"/"1"... -> 1, "false"/"no"/"0"... -> 0, anything else (missing) -> 0.5 and a missing
         indicator when the training split had missing values."""
@@ -163,8 +191,8 @@ def _define() -> dict[str, type]:
         def get_config(self):
             return {**super().get_config(), "class_weights": self.class_weights}
 
-    return {"QuantileNormal": QuantileNormal, "BooleanValue": BooleanValue, "DateParts": DateParts,
-            "PriorCorrection": PriorCorrection}
+    return {"QuantileNormal": QuantileNormal, "ValueIds": ValueIds, "BooleanValue": BooleanValue,
+            "DateParts": DateParts, "PriorCorrection": PriorCorrection}
 
 
 def numeric_width(indicator: bool) -> int:

@@ -10,7 +10,9 @@ columns, string for every other kind) to the numeric tensors the trained model s
   as points on a circle (+ missing indicator) (:mod:`pipeline.encoders`);
 - ``cat__<key>``: the integer id of a categorical value: the training split's vocabulary by frequency
   (values seen at least ``min_frequency`` times, at most ``max_vocabulary``), missing as its own value, and
-  out-of-vocabulary values hashed into ``hash_buckets`` slots (one slot for low-cardinality columns);
+  out-of-vocabulary values hashed into ``hash_buckets`` slots (one slot for low-cardinality columns); also, for
+  a numeric column with at most ``value_ids`` distinct values (codes, counts, levels), the id of its value
+  (``ValueIds``), so the model can single out each value as a tree does besides reading the number;
 - ``text__<key>``: TF-IDF of words and word bigrams (``TextVectorization``, vocabulary and IDF from the training
   split), L2-normalised.
 
@@ -83,6 +85,7 @@ class PreprocessMeta:
     categorical: dict = field(default_factory=dict)  # key -> {"vocabulary", "oov"}
     text: dict = field(default_factory=dict)         # key -> {"vocabulary", "idf", "ngrams"}
     datetime: dict = field(default_factory=dict)     # key -> DateParts params
+    value_ids: dict = field(default_factory=dict)    # numeric key -> ValueIds params (columns of few values)
     class_counts: dict = field(default_factory=dict)  # classification: training rows per class
     rows: int = 0                                    # training rows
 
@@ -98,7 +101,8 @@ class PreprocessMeta:
         width += sum(date_width(p["has_time"]) for p in self.datetime.values())
         spec = self.feature_spec
         return ModelSpec(spec.task, len(self.class_names) if spec.task == "classification" else 1, width,
-                         {f"cat__{k}": len(p["vocabulary"]) + p["oov"] for k, p in self.categorical.items()},
+                         {**{f"cat__{k}": len(p["vocabulary"]) + p["oov"] for k, p in self.categorical.items()},
+                          **{f"cat__{k}": len(p["boundaries"]) + 2 for k, p in self.value_ids.items()}},
                          {f"text__{k}": len(p["vocabulary"]) for k, p in self.text.items()},
                          {k: spec.kind(k) for k in spec.names}, self.rows)
 
@@ -115,6 +119,8 @@ class PreprocessMeta:
         spec = self.feature_spec
         for k, p in self.numeric.items():
             out[k] = {"kind": NUMERIC, "median": p["fill"], "missing_indicator": p["indicator"]}
+            if k in self.value_ids:
+                out[k]["value_ids"] = len(self.value_ids[k]["boundaries"]) + 1
         for k, p in self.boolean.items():
             out[k] = {"kind": BOOLEAN, "missing_indicator": p["indicator"]}
         for k, p in self.categorical.items():
@@ -195,6 +201,23 @@ def _quantiles(values: "np.ndarray") -> dict:
             "indicator": bool(np.isnan(values).any()), "mean": float(filled.mean()), "std": float(filled.std() or 1.0)}
 
 
+def _value_ids(values: "np.ndarray", opts: FeaturesConfig) -> dict | None:
+    """The boundaries of :class:`ValueIds` for a numeric column of at most ``value_ids`` distinct values (at
+    least 3: a 0/1 column says nothing more as ids) seen ``min_frequency`` times; None for other columns."""
+    import numpy as np
+
+    present = values[~np.isnan(values)]
+    uniq, counts = np.unique(present, return_counts=True)
+    if not 3 <= uniq.size <= opts.value_ids:
+        return None
+    kept = uniq[counts >= opts.min_frequency].astype(np.float64)
+    if kept.size < 3:
+        return None
+    # midpoints in float64, then as the layer compares them: float32, where two may round to the same number
+    boundaries = np.unique(((kept[1:] + kept[:-1]) / 2).astype(np.float32))
+    return {"boundaries": [float(b) for b in boundaries]}
+
+
 def _vocabulary(values: "np.ndarray", opts: FeaturesConfig, high: bool) -> dict:
     import numpy as np
 
@@ -245,11 +268,14 @@ def fit_preprocessing(train_df: "pd.DataFrame", spec: FeatureSpec,
     import numpy as np
 
     arrays = feature_arrays(train_df, spec)
-    numeric, boolean, categorical, text, dates = {}, {}, {}, {}, {}
+    numeric, boolean, categorical, text, dates, value_ids = {}, {}, {}, {}, {}, {}
     for col in spec.names:
         kind, values = spec.kind(col), arrays[col]
         if kind == NUMERIC:
             numeric[col] = _quantiles(values)
+            ids = _value_ids(values, opts) if opts.value_ids else None
+            if ids:
+                value_ids[col] = ids
         elif kind == BOOLEAN:
             boolean[col] = {"indicator": bool((values == MISSING_CATEGORY).any())}
         elif kind in (CATEGORICAL, HIGH_CARDINALITY):
@@ -270,7 +296,7 @@ def fit_preprocessing(train_df: "pd.DataFrame", spec: FeatureSpec,
         y = train_df[spec.label].dropna().to_numpy(dtype=np.float64)
         class_names, class_counts, label_mean, label_std = [], {}, float(np.mean(y)), float(np.std(y) or 1.0)
     return PreprocessMeta(spec.to_dict(), class_names, label_mean, label_std, numeric, boolean, categorical, text,
-                          dates, class_counts, int(len(train_df)))
+                          dates, value_ids, class_counts, int(len(train_df)))
 
 
 # -- the preprocessor ----------------------------------------------------------------------------------------
@@ -312,6 +338,8 @@ def build_preprocessor(meta: PreprocessMeta) -> "keras.Model":
     for col in spec.names:  # input order fixes the layout of the numeric matrix
         if col in meta.numeric:
             numeric_parts.append(L["QuantileNormal"](**meta.numeric[col], name=name(f"{col}_quantile"))(inputs[col]))
+            if col in meta.value_ids:
+                outputs[f"cat__{col}"] = L["ValueIds"](**meta.value_ids[col], name=name(f"{col}_value_ids"))(inputs[col])
         elif col in meta.boolean:
             numeric_parts.append(L["BooleanValue"](**meta.boolean[col], name=name(f"{col}_bool"))(inputs[col]))
         elif col in meta.datetime:

@@ -8,7 +8,8 @@ and ships inside the exported model, so nothing here sees raw values):
 
 - ``inputs["numeric"]``: a float matrix (``spec.numeric_width`` columns) of the numbers, booleans and date
   parts, already normalised; absent when the table has none;
-- ``inputs["cat__<column>"]``: the integer id of each categorical value, in ``[0, spec.categorical[name])``;
+- ``inputs["cat__<column>"]``: the integer id of each categorical value, in ``[0, spec.categorical[name])``
+  (also the id of the value of a numeric column with few distinct values, which is in ``numeric`` as well);
 - ``inputs["text__<column>"]``: an L2-normalised TF-IDF vector, ``spec.text[name]`` wide.
 
 The model has two parts whose logits are added:

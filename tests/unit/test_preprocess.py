@@ -22,6 +22,7 @@ def mixed_frame(n: int = 300, seed: int = 0) -> pd.DataFrame:
     words = np.array("good bad fine great awful ok lovely poor".split())
     return pd.DataFrame({
         "num": np.where(rng.random(n) < 0.1, np.nan, rng.lognormal(2, 1, n)),
+        "visits": np.where(rng.random(n) < 0.1, np.nan, rng.poisson(3, n)),  # few values: also embedded by value
         "flag": np.where(rng.random(n) < 0.1, None, rng.choice(["yes", "no"], n)),
         "color": rng.choice(["red", "green", "blue", None], n),
         "code": [f"C{i}" for i in rng.integers(0, 80, n)],
@@ -58,6 +59,24 @@ def test_known_outputs(tiny_frame):
     vocab = meta.categorical["color"]["vocabulary"]
     assert vocab == ["green", "red", "blue", ""]  # green and red tie at 4: alphabetical
     np.testing.assert_array_equal(out["cat__color"], [1, 4, 0])  # OOV slot 0, then the vocabulary
+
+
+def test_numbers_of_few_values_are_also_ids():
+    """A numeric column of few distinct values gets the id of its value besides the number: kept values (seen
+    min_frequency times) each their own id, a rare or unseen one the id of the nearest kept one, missing the last."""
+    x = [1.0] * 3 + [2.0] * 3 + [4.0] * 3 + [10.0] * 3 + [7.0] + [np.nan] * 2
+    df = pd.DataFrame({"x": x, "cont": np.linspace(0, 1, len(x)), "y": [0.0] * len(x)})
+    spec = FeatureSpec(("x", "cont"), (), "y", "regression")
+    meta = fit_preprocessing(df, spec, FeaturesConfig(value_ids=10))
+    assert "cont" not in meta.value_ids  # 15 distinct values, more than value_ids
+    assert meta.value_ids["x"]["boundaries"] == [1.5, 3.0, 7.0]  # between 1, 2, 4, 10; the single 7 is rare
+    assert meta.model_spec().categorical == {"cat__x": 5}
+    ids = _run(build_preprocessor(meta), {"x": np.array([1, 2, 4, 10, 7, 6.9, 2.6, 100, -3, np.nan], np.float32),
+                                          "cont": np.zeros(10, np.float32)})["cat__x"]
+    np.testing.assert_array_equal(ids, [0, 1, 2, 3, 3, 2, 1, 3, 0, 4])
+    assert fit_preprocessing(df, spec, FeaturesConfig(value_ids=0)).value_ids == {}
+    # a 0/1 column says nothing more as ids; a column of values each seen once has none to keep
+    assert fit_preprocessing(df.assign(x=[0.0, 1.0] * 7 + [0.0]), spec).value_ids == {}
 
 
 def test_high_cardinality_is_capped_and_hashed():
@@ -114,6 +133,7 @@ def test_training_pipeline_and_exported_model_see_the_same_features(tmp_path):
     spec = mixed_spec(df)
     assert set(spec.kinds.values()) == {"numeric", "boolean", "categorical", "high_cardinality", "text", "datetime"}
     meta = fit_preprocessing(df, spec)
+    assert "cat__visits" in meta.model_spec().categorical and "cat__num" not in meta.model_spec().categorical
     pre = build_preprocessor(meta)
     fed = processed_dataset(df, meta, pre, batch_size=64, labels=False)
     in_pipeline = {k: np.concatenate([b[k].numpy() for b in fed]) for k in meta.model_spec().inputs()}

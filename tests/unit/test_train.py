@@ -76,7 +76,7 @@ def test_plan_scales_with_the_data():
     small, large = plan(240, cfg), plan(300_000, cfg)
     assert (small.batch_size, small.epochs) == (32, cfg.max_epochs)          # 8 steps an epoch: the epoch cap
     assert large.batch_size == 512 and large.epochs == round(cfg.step_budget / large.steps_per_epoch)
-    assert large.patience == max(5, large.epochs // 10)
+    assert large.patience == max(10, large.epochs // 5)
     pinned = plan(300_000, TrainingConfig(epochs=3, batch_size=64, early_stopping_patience=2))
     assert (pinned.batch_size, pinned.epochs, pinned.patience) == (64, 3, 2)
 
