@@ -101,6 +101,14 @@ class ModelManager:
     def model_names(self) -> list[str]:
         return sorted(self._models)
 
+    def knows(self, name: str, version: str | None = None) -> bool:
+        """Whether ``name`` is a configured model (and ``version``, a decimal string, one of its known versions):
+        what may label a metric."""
+        model = self._models.get(name)
+        if model is None:
+            return False
+        return version is None or (version.isdigit() and int(version) in model.status)
+
     # ------------------------------------------------------------------------------------ lifecycle
     def start(self, file_system_poll_s: float) -> None:
         """Load the initial config (blocking), then poll in the background.

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import unquote
 
 from pipeline.serving import codec
-from pipeline.serving.errors import HTTP_STATUS, Code, ServingError, from_exception, invalid
+from pipeline.serving.errors import HTTP_STATUS, ServingError, from_exception, invalid
 from pipeline.serving.request_log import new_request_id
 from pipeline.serving.servable import CLASSIFY_METHOD, REGRESS_METHOD, Servable
 from pipeline.serving.service import (Service, classification_rows, examples_to_protos, regression_values,
@@ -25,6 +25,7 @@ _POST = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(c
 _GET = re.compile(r"/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(?:/(metadata))?", re.IGNORECASE)
 _V1 = re.compile(r"/v1/", re.IGNORECASE)
 _INT64_MAX = 2**63 - 1
+LARGE_BODY = 64 << 10  # request bodies from this size are parsed off the event loop
 
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _NOT_FOUND_HTML = ("<HTML><HEAD>\n<TITLE>404 Not Found</TITLE>\n</HEAD><BODY>\n<H1>Not Found</H1>\n"
@@ -42,7 +43,6 @@ class RestApp:
         self.service = service
         self.options = service.options
         self.executor = ThreadPoolExecutor(self.options.rest_threads, thread_name_prefix="rest-model")
-        self._running = 0  # model calls in flight off the event loop (only touched on the loop)
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -155,30 +155,30 @@ class RestApp:
             "metadata": {"signature_def": {"signature_def": signature_def_json(servable)}},
         }, indent=1).encode()
 
-    async def _run(self, servable: Servable, signature, inputs) -> dict:
-        """Run the model call: on the batcher when batching; else inline when no other call is running off
-        the loop, else on the bounded pool.
-
-        Inline saves two thread hops (most of the REST overhead at concurrency 1). It is not used with batching:
-        requests queued behind an inline call would each run inline in turn and never be merged.
-        """
-        future = self.service.submit(servable, signature, inputs)
-        if future is None:
-            if self._running == 0:
-                return servable.run(signature, inputs)
-            future = self.executor.submit(servable.run, signature, inputs)
-        self._running += 1
-        try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), self.options.rest_timeout_s)
-        except asyncio.TimeoutError:
-            raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-        finally:
-            self._running -= 1
-
     async def _infer(self, verb: str, model: str, version: int | None, label: str | None, body: bytes,
                      request_id: str, started: float) -> bytes:
+        """One predict/classify/regress. Nothing slow runs on the event loop, which serves every connection
+        (status and metrics included): the model call runs on the batcher or the REST pool under
+        ``--rest_api_timeout_in_ms``, and a body of ``LARGE_BODY`` bytes or more is parsed (and its answer
+        encoded) on the pool too."""
         service = self.service
-        sampled = service.request_log is not None and service.request_log.sampled()
+        loop = asyncio.get_running_loop()
+        large = len(body) >= LARGE_BODY
+        if large:
+            servable, signature, inputs, finish = await loop.run_in_executor(
+                self.executor, self._prepare, verb, model, version, label, body, request_id)
+        else:
+            servable, signature, inputs, finish = self._prepare(verb, model, version, label, body, request_id)
+        outputs = await service.call_async(servable, signature, inputs, self.options.rest_timeout_s, self.executor)
+        payload = await loop.run_in_executor(self.executor, finish, outputs) if large else finish(outputs)
+        service.record(model, str(servable.version), "REST", verb, "OK", started)
+        return payload
+
+    def _prepare(self, verb: str, model: str, version: int | None, label: str | None, body: bytes,
+                 request_id: str):
+        """Parse and check a request: ``(servable, signature, inputs, finish)``, where ``finish(outputs)`` is the
+        response body (and logs the request when it is sampled)."""
+        service = self.service
         doc = codec.parse_json(body)
         signature_name = codec.signature_name_of(doc)
         if verb == "predict":
@@ -186,10 +186,12 @@ class RestApp:
             signature = servable.signature_for_predict(signature_name, rest=True)
             fmt, inputs = codec.predict_tensors(doc, signature.inputs, signature_name)
             Servable.check_inputs(signature, inputs)
-            outputs = await self._run(servable, signature, inputs)
-            payload = codec.predict_response(outputs, fmt)
-            if sampled:
-                service.log_request(request_id, servable, signature_name, "rest", inputs, outputs)
+            sampled = service.request_log is not None and service.request_log.sampled()
+
+            def finish(outputs):
+                if sampled:
+                    service.log_request(request_id, servable, signature_name, "rest", inputs, outputs)
+                return codec.predict_response(outputs, fmt)
         else:
             context, examples = codec.examples_from_json(doc)
             serialized = examples_to_protos(context, examples)
@@ -199,13 +201,12 @@ class RestApp:
             if len(signature.inputs) != 1:
                 raise invalid("Expected one input Tensor.")
             inputs = {next(iter(signature.inputs)): serialized}
-            outputs = await self._run(servable, signature, inputs)
-            if verb == "classify":
-                payload = codec.classify_response(classification_rows(outputs, len(serialized)))
-            else:
-                payload = codec.regress_response(regression_values(outputs, len(serialized)))
-        service.record(model, str(servable.version), "REST", verb, "OK", started)
-        return payload
+
+            def finish(outputs):
+                if verb == "classify":
+                    return codec.classify_response(classification_rows(outputs, len(serialized)))
+                return codec.regress_response(regression_values(outputs, len(serialized)))
+        return servable, signature, inputs, finish
 
 
 def _version(text: str | None) -> int | None:

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import threading
 
 from pipeline.serving.errors import ServingError
 from pipeline.serving.metrics import Metrics
@@ -37,16 +36,9 @@ def serve(options: ServerOptions) -> int:
     if options.model_config_file is not None and options.model_config_poll_s > 0:
         service.manager.watch_config_file(options.model_config_file, options.model_config_poll_s,
                                           parse_model_server_config)
-    grpc_server = None
     try:
-        if options.grpc_port:
-            from pipeline.serving.grpc_api import make_server
-
-            grpc_server, port = make_server(service, options.host, options.grpc_port)
-            grpc_server.start()
-            log.info("Running gRPC ModelServer at %s:%d ...", options.host, port)
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-            return runner.run(_run_rest(service, options, grpc_server))
+            return runner.run(_run(service, options))
     finally:
         service.manager.stop()
         if request_log is not None:
@@ -62,17 +54,19 @@ def _loop_factory():
     return uvloop.new_event_loop
 
 
-async def _run_rest(service, options: ServerOptions, grpc_server) -> int:
+async def _run(service, options: ServerOptions) -> int:
+    """Serve gRPC (``grpc.aio``) and REST (uvicorn) on this one event loop until a signal."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
-    http_server = None
+    http_server = grpc_server = grpc_pool = None
+    stop_tasks: list[asyncio.Task] = []
 
     def on_signal() -> None:
         if stopping.is_set():
             if http_server is not None:
                 http_server.force_exit = True
             if grpc_server is not None:
-                grpc_server.stop(0)
+                stop_tasks.append(loop.create_task(grpc_server.stop(0)))
             return
         log.info("stopping: finishing in-flight requests")
         stopping.set()
@@ -82,30 +76,46 @@ async def _run_rest(service, options: ServerOptions, grpc_server) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)
 
-    grpc_done = threading.Event()
-    if options.rest_port:
-        import uvicorn
+    if options.grpc_port:
+        from pipeline.serving.grpc_api import make_server
 
-        from pipeline.serving.rest import RestApp
+        try:
+            grpc_server, port, grpc_pool = make_server(service, options.host, options.grpc_port)
+        except OSError as exc:
+            log.error("cannot start: %s", exc)
+            return 1
+        await grpc_server.start()
+        log.info("Running gRPC ModelServer at %s:%d ...", options.host, port)
+    try:
+        if options.rest_port:
+            import uvicorn
 
-        app = RestApp(service)
-        config = uvicorn.Config(app, host=options.host, port=options.rest_port, loop="asyncio", http="httptools",
-                                lifespan="off", access_log=False, log_level="warning", server_header=False,
-                                date_header=False, timeout_graceful_shutdown=options.shutdown_grace_s,
-                                backlog=4096, timeout_keep_alive=75)
-        http_server = _QuietSignalsServer(config)
-        log.info("Exporting HTTP/REST API at:%s:%d ...", options.host, options.rest_port)
-        serve_task = asyncio.create_task(http_server.serve())
-        await stopping.wait() if not serve_task.done() else None
-        if grpc_server is not None:  # stop taking gRPC work while REST drains
-            grpc_done = grpc_server.stop(options.shutdown_grace_s)
-        await serve_task
-        app.executor.shutdown(wait=True)
-    else:
-        await stopping.wait()
-        if grpc_server is not None:
-            grpc_done = grpc_server.stop(options.shutdown_grace_s)
-    await loop.run_in_executor(None, grpc_done.wait, options.shutdown_grace_s + 1)
+            from pipeline.serving.rest import RestApp
+
+            app = RestApp(service)
+            config = uvicorn.Config(app, host=options.host, port=options.rest_port, loop="asyncio",
+                                    http="httptools", lifespan="off", access_log=False, log_level="warning",
+                                    server_header=False, date_header=False,
+                                    timeout_graceful_shutdown=options.shutdown_grace_s, backlog=4096,
+                                    timeout_keep_alive=75)
+            http_server = _QuietSignalsServer(config)
+            log.info("Exporting HTTP/REST API at:%s:%d ...", options.host, options.rest_port)
+            serve_task = asyncio.create_task(http_server.serve())
+            await stopping.wait() if not serve_task.done() else None
+            grpc_stop = loop.create_task(grpc_server.stop(options.shutdown_grace_s)) if grpc_server else None
+            await serve_task  # REST drains while gRPC stops taking work
+            app.executor.shutdown(wait=True)
+            if grpc_stop is not None:
+                await grpc_stop
+        else:
+            await stopping.wait()
+            if grpc_server is not None:
+                await grpc_server.stop(options.shutdown_grace_s)
+        for task in stop_tasks:
+            await task
+    finally:
+        if grpc_pool is not None:
+            grpc_pool.shutdown(wait=True)
     return 0
 
 

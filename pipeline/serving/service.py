@@ -3,9 +3,10 @@ not), metadata and status messages, request logging and metrics. REST and gRPC o
 """
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from typing import Any
 
 import numpy as np
@@ -101,6 +102,26 @@ class Service:
         except TimeoutError:
             raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
 
+    async def call_async(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
+                         timeout: float | None, executor: Executor) -> dict[str, np.ndarray]:
+        """Run a signature for a request handled on the event loop: on the batcher when batching, else on
+        ``executor``; never on the loop itself, so one slow call cannot stall other connections, and ``timeout``
+        (seconds) is applied (the call itself runs on, its answer dropped)."""
+        future = self.submit(servable, signature, inputs)
+        if future is None:
+            future = executor.submit(servable.run, signature, inputs)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except asyncio.TimeoutError:
+            raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
+
+    async def run_examples_async(self, servable: Servable, signature: Signature, examples: np.ndarray,
+                                 timeout: float | None, executor: Executor) -> dict[str, np.ndarray]:
+        if len(signature.inputs) != 1:
+            raise invalid("Expected one input Tensor.")
+        return await self.call_async(servable, signature, {next(iter(signature.inputs)): examples}, timeout,
+                                     executor)
+
     def run_examples(self, servable: Servable, signature: Signature, examples: np.ndarray,
                      timeout: float | None = None) -> dict[str, np.ndarray]:
         """Classify/regress: feed serialized tf.Examples to the signature's single string input."""
@@ -111,6 +132,11 @@ class Service:
 
     # ----------------------------------------------------------------------------- observability
     def record(self, model: str, version: str, entrypoint: str, api: str, status: str, started: float) -> None:
+        """Count a request. The labels come from the client's URL or request, so a model the server does not
+        serve is counted as ``model_name=""`` and a version it does not have as ``version=""``: clients asking
+        for made-up names must not grow the metrics without bound."""
+        if not self.manager.knows(model, version):
+            model, version = (model, "") if self.manager.knows(model) else ("", "")
         self.metrics.requests.inc(model, version, entrypoint, api, status)
         self.metrics.latency.observe((time.perf_counter() - started) * 1e6, model, api, entrypoint)
 
