@@ -37,9 +37,9 @@ def plain(home: Path, epochs: int) -> None:
 
     from pipeline import paths
     from pipeline.config import load_config
-    from pipeline.deploy import serving_signature, signature_breaks, validate_serving, write_warmup_requests
+    from pipeline.deploy import publish, serving_signature, signature_breaks, validate_serving, write_warmup_requests
     from pipeline.evaluate import classification_metrics, decide_blessing, resolve_gate
-    from pipeline.export import SCHEMA_FILE, predict_keras, predict_saved_model, publish, write_candidate
+    from pipeline.export import SCHEMA_FILE, predict_keras, predict_saved_model, write_candidate
     from pipeline.features import FeatureSpec
     from pipeline.ingest import ingest
     from pipeline.preprocess import feature_arrays, fit_preprocessing, label_array, save_preprocessing

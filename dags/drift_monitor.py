@@ -50,7 +50,8 @@ def _run():
                         description="pipeline YAML with a monitoring: section; empty means conf/penguins.yaml"),
         "current": Param(None, type=["null", "string"],
                          description="CSV, Parquet or request-log JSONL file to analyse instead of the request log"),
-        "model_name": Param(None, type=["null", "string"], pattern="^[A-Za-z0-9._-]+$",
+        # the rule of pipeline.names.check_model_name, which resolve_window applies again
+        "model_name": Param(None, type=["null", "string"], pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
                             description="served model overriding the config's serving.model_name"),
         "model_version": Param(None, type=["null", "integer"], minimum=1,
                                description="reference version (default: the one that served most of the window)"),
@@ -69,8 +70,14 @@ def drift_monitor():
         from airflow.sdk.exceptions import AirflowFailException
 
         from pipeline.monitoring.tasks import MonitorInputError, resolve_task
+        from pipeline.names import check_model_name
 
         context, params, dag_run = _run()
+        if params.get("model_name"):
+            try:
+                check_model_name(params["model_name"], "the model_name param")
+            except ValueError as exc:  # a bad name stays bad: fail now rather than retry
+                raise AirflowFailException(str(exc)) from exc
         end = context.get("data_interval_end") or context.get("logical_date") or dag_run.run_after
         try:  # a lazy proxy, of None when no run succeeded before
             previous_end = getattr(context.get("prev_data_interval_end_success"), "__wrapped__", None)

@@ -12,15 +12,21 @@ monitor emits `training_data_drift`.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 
 import pendulum
-from airflow.sdk import Asset, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task
+from airflow.sdk import (
+    Asset, AssetAlias, AssetOrTimeSchedule, CronTriggerTimetable, Param, dag, get_current_context, task,
+)
 
 from pipeline.assets import DRIFT_ASSET_NAME, MODEL_ASSET_NAME
 
 DRIFT = Asset(DRIFT_ASSET_NAME)
 SERVED_MODEL = Asset(MODEL_ASSET_NAME)
+# The deploy task emits SERVED_MODEL through this alias only when it published a version (not when the gate
+# refused the candidate): an alias lets a task decide at run time which events it emits.
+PUBLISHED = AssetAlias(f"{MODEL_ASSET_NAME}_published")
 
 
 def _ctx():
@@ -32,6 +38,19 @@ def _ctx():
     logical = context.get("logical_date")
     params = drift_run_params(context["params"], [e.extra for e in context["triggering_asset_events"].get(DRIFT, [])])
     return params, RunContext(dag_run.dag_id, dag_run.run_id, logical.isoformat() if logical else None)
+
+
+@contextmanager
+def _fail_fast():
+    """A bad config fails the task at once: a retry would read the same config (the run's snapshot)."""
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from pipeline.config import ConfigError
+
+    try:
+        yield
+    except ConfigError as exc:
+        raise AirflowFailException(str(exc)) from exc
 
 
 @dag(
@@ -48,7 +67,8 @@ def _ctx():
                         description="YAML config; empty means conf/penguins.yaml, or defaults when a source is given"),
         "source": Param(None, type=["null", "string"], description="CSV or Parquet file overriding the config's source"),
         "label": Param(None, type=["null", "string"], description="label column overriding the config's label"),
-        "model_name": Param(None, type=["null", "string"], pattern="^[A-Za-z0-9._-]+$",
+        # the rule of pipeline.names.check_model_name, which the ingest task applies again
+        "model_name": Param(None, type=["null", "string"], pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
                             description="serving model name overriding the config's"),
         "epochs": Param(None, type=["null", "integer"], minimum=1, maximum=10000),
         "batch_size": Param(None, type=["null", "integer"], minimum=1, maximum=65536),
@@ -80,62 +100,74 @@ def training_pipeline():
     def validate(ingested: dict) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
+        from pipeline.config import ConfigError
         from pipeline.tasks import validate_task
         from pipeline.validate import ValidationError
 
         try:
             return validate_task(*_ctx(), ingested)
-        except ValidationError as exc:  # the data is what it is: retrying would spend the time twice
+        except (ValidationError, ConfigError) as exc:  # the data is what it is: a retry would spend the time twice
             raise AirflowFailException(str(exc)) from exc
 
     @task
     def split(ingested: dict, validated: dict) -> dict:
         from pipeline.tasks import split_task
 
-        return split_task(*_ctx(), ingested, validated)
+        with _fail_fast():
+            return split_task(*_ctx(), ingested, validated)
 
     @task
     def preprocess(splits: dict, validated: dict) -> dict:
         from pipeline.tasks import preprocess_task
 
-        return preprocess_task(*_ctx(), splits, validated)
+        with _fail_fast():
+            return preprocess_task(*_ctx(), splits, validated)
 
     # Keras' BackupAndRestore checkpoints every epoch under the run's directory: a retry resumes there.
     @task(retries=2)
     def train(splits: dict, preprocessed: dict) -> dict:
         from pipeline.tasks import train_task
 
-        return train_task(*_ctx(), splits, preprocessed)
+        with _fail_fast():
+            return train_task(*_ctx(), splits, preprocessed)
 
     @task
     def evaluate(splits: dict, preprocessed: dict, trained: dict) -> dict:
         from pipeline.tasks import evaluate_task
 
-        return evaluate_task(*_ctx(), splits, preprocessed, trained)
+        with _fail_fast():
+            return evaluate_task(*_ctx(), splits, preprocessed, trained)
 
     @task
     def export(ingested: dict, validated: dict, splits: dict, preprocessed: dict, trained: dict, evaluated: dict) -> dict:
         from pipeline.tasks import export_task
 
-        return export_task(*_ctx(), ingested, validated, splits, preprocessed, trained, evaluated)
+        with _fail_fast():
+            return export_task(*_ctx(), ingested, validated, splits, preprocessed, trained, evaluated)
 
-    @task(outlets=[SERVED_MODEL])
+    @task
     def register(ingested: dict, evaluated: dict, exported: dict) -> dict:
         from pipeline.tasks import register_task
 
-        return register_task(*_ctx(), ingested, evaluated, exported)
+        with _fail_fast():
+            return register_task(*_ctx(), ingested, evaluated, exported)
 
-    @task
+    @task(outlets=[PUBLISHED])
     def deploy(exported: dict, registered: dict) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
+        from pipeline.config import ConfigError
         from pipeline.deploy import DeployError
         from pipeline.tasks import deploy_task
 
         try:
-            return deploy_task(*_ctx(), exported, registered)
-        except DeployError as exc:  # a refused candidate stays refused: retrying would only repeat the checks
+            result = deploy_task(*_ctx(), exported, registered)
+        except (DeployError, ConfigError) as exc:  # a refused candidate stays refused: retrying would only repeat the checks
             raise AirflowFailException(str(exc)) from exc
+        if result["deployed"]:  # a version was published: the served_model event, with what and where
+            get_current_context()["outlet_events"][PUBLISHED].add(SERVED_MODEL, extra={
+                k: result[k] for k in ("model_name", "version", "label", "published")})
+        return result
 
     ingested = ingest()
     validated = validate(ingested)

@@ -1,29 +1,88 @@
 """The pipeline's configuration: YAML loaded once into a typed, frozen object and passed explicitly.
 
+Every section is a frozen pydantic dataclass: each key is typed and bounded, unknown keys are refused with the
+closest known name, booleans are only real booleans, and numbers written in a way YAML 1.1 reads as strings
+(``1e-3``) are numbers. Every error is a :class:`ConfigError` that names the key path (``training.epochs: ...``).
+
 Nothing here reads the data; anything that needs the data to decide (feature types, the task) is left as
 ``None`` and resolved by :func:`pipeline.features.infer_features` at validate time, then stored in the schema.
 """
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+import difflib
+import math
+import re
+from dataclasses import field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping, Optional
 
 import yaml
+from pydantic import BeforeValidator, ConfigDict, Field, StrictBool, StrictStr, ValidationError, model_validator
+from pydantic.dataclasses import dataclass
 
-from pipeline.paths import REPO_ROOT
-
-DEFAULT_CONFIG = REPO_ROOT / "conf" / "penguins.yaml"
+from pipeline.paths import DEFAULT_CONFIG  # noqa: F401  (re-exported: callers import it from here)
 
 TASKS = ("classification", "regression")
 SPLIT_STRATEGIES = ("stratified", "random", "hash", "time")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PROMOTION_RULES = ("manual", "immediate")
+LR_SCHEDULES = ("warmup_cosine", "constant")
+CLASS_WEIGHTS = ("auto", "balanced", "none")
+RARE_CLASS_RULES = ("error", "merge", "drop")
+# What pipeline.evaluate computes (tests/unit/test_config.py keeps these in step with it); a classification
+# metric may also be per class: precision_<class>, recall_<class>, f1_<class>.
+GATE_METRICS = {
+    "classification": ("accuracy", "precision_macro", "recall_macro", "f1_macro", "log_loss", "roc_auc_ovr"),
+    "regression": ("mae", "rmse", "r2"),
+}
+PER_CLASS_METRIC_PREFIXES = ("precision_", "recall_", "f1_")
+SEED_MAX = 2**32 - 1  # numpy's and Keras' seeds are 32-bit
 
 
 class ConfigError(ValueError):
     """The configuration is invalid; the message names the key and the problem."""
+
+
+# -- value types: lenient about how YAML spells a number, strict about what is not one ---------------------------
+
+def _as_float(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a number, got the boolean {value!r}")
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())  # YAML 1.1 reads 1e-3 (no dot) as a string
+        except ValueError:
+            raise ValueError(f"must be a number, got {value!r}") from None
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"must be a finite number, got {value!r}")
+    return value
+
+
+def _as_int(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError(f"must be a whole number, got the boolean {value!r}")
+    if isinstance(value, str):
+        try:
+            value = int(value.strip())
+        except ValueError:
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError(f"must be a whole number, got {value!r}") from None
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"must be a whole number, got {value!r}")
+        value = int(value)
+    return value
+
+
+Float = Annotated[float, BeforeValidator(_as_float)]
+Int = Annotated[int, BeforeValidator(_as_int)]
+Name = Annotated[StrictStr, Field(min_length=1)]
+Seed = Annotated[Int, Field(ge=0, le=SEED_MAX)]
+
+_SECTION = ConfigDict(extra="forbid")
 
 
 FEATURE_LIST_KEYS = ("numeric", "categorical", "exclude", "boolean", "high_cardinality", "text", "datetime")
@@ -31,7 +90,7 @@ FEATURE_KNOBS = {"max_vocabulary": int, "min_frequency": int, "hash_buckets": in
                  "text_ngrams": int, "id_unique_ratio": float, "text_min_words": float, "value_ids": int}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class FeaturesConfig:
     """Feature kinds by column, and how they are inferred and encoded.
 
@@ -40,14 +99,19 @@ class FeaturesConfig:
     inferred from the data (``pipeline.features.infer_kind``)."""
 
     kinds: Mapping[str, str] = field(default_factory=dict)
-    max_vocabulary: int = 1000      # categorical values kept (most frequent first); more -> high_cardinality
-    min_frequency: int = 2          # a value rarer than this in the training split is out of vocabulary
-    hash_buckets: int = 64          # out-of-vocabulary slots of a high-cardinality column (hashed)
-    text_max_tokens: int = 5000     # words and bigrams kept per text column
-    text_ngrams: int = 2
-    id_unique_ratio: float = 0.95   # a string column with this share of distinct values is an identifier
-    text_min_words: float = 3.0     # mean words per value from which a many-valued string column is free text
-    value_ids: int = 1000           # a numeric column with at most this many distinct values is also embedded by value; 0: never
+    # categorical values kept (most frequent first); more -> high_cardinality
+    max_vocabulary: Annotated[Int, Field(ge=1)] = 1000
+    # a value rarer than this in the training split is out of vocabulary
+    min_frequency: Annotated[Int, Field(ge=1)] = 2
+    hash_buckets: Annotated[Int, Field(ge=1)] = 64       # out-of-vocabulary slots of a high-cardinality column
+    text_max_tokens: Annotated[Int, Field(ge=2)] = 5000  # words and bigrams kept per text column
+    text_ngrams: Annotated[Int, Field(ge=1, le=5)] = 2
+    # a string column with this share of distinct values is an identifier
+    id_unique_ratio: Annotated[Float, Field(gt=0, le=1)] = 0.95
+    # mean words per value from which a many-valued string column is free text
+    text_min_words: Annotated[Float, Field(gt=0)] = 3.0
+    # a numeric column with at most this many distinct values is also embedded by value; 0: never
+    value_ids: Annotated[Int, Field(ge=0)] = 1000
 
     def of_kind(self, kind: str) -> tuple[str, ...]:
         return tuple(c for c, k in self.kinds.items() if k == kind)
@@ -65,25 +129,38 @@ class FeaturesConfig:
         return self.of_kind("exclude")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class SplitConfig:
-    train: float = 0.7
-    val: float = 0.15
-    test: float = 0.15
-    seed: int = 42
-    strategy: str = "stratified"
-    key_column: str | None = None
-    time_column: str | None = None
+    """The train/val/test ratios (summing to 1) and how rows are assigned (``pipeline.split``); ``seed`` is the
+    split's only: the training seed is ``training.seed``."""
+
+    train: Annotated[Float, Field(gt=0, lt=1)] = 0.7
+    val: Annotated[Float, Field(ge=0, lt=1)] = 0.15
+    test: Annotated[Float, Field(gt=0, lt=1)] = 0.15
+    seed: Seed = 42
+    strategy: Literal["stratified", "random", "hash", "time"] = "stratified"
+    key_column: Optional[Name] = None
+    time_column: Optional[Name] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SplitConfig":
+        if abs(self.train + self.val + self.test - 1) > 1e-6:
+            raise ValueError(f"ratios must sum to 1 (got train={self.train}, val={self.val}, test={self.test})")
+        if self.strategy == "hash" and not self.key_column:
+            raise ValueError("key_column: required by strategy 'hash' (the column whose hash assigns the rows)")
+        if self.strategy == "time" and not self.time_column:
+            raise ValueError("time_column: required by strategy 'time' (the column the rows are ordered by)")
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class ModelConfig:
     """The model: a builder registered in ``models/`` by name, or ``module``, a user's own builder
     (``path/to/my_model.py`` with a ``build(inputs, spec, **params)``, or ``package.module:function``)."""
 
-    builder: str = "tabular"
+    builder: Name = "tabular"
     params: Mapping[str, Any] = field(default_factory=dict)
-    module: str | None = None
+    module: Optional[Name] = None
 
     def build_fn(self):
         from models import get_builder, load_module_builder
@@ -95,63 +172,64 @@ class ModelConfig:
         return f"module {self.module!r}" if self.module else repr(self.builder)
 
 
-LR_SCHEDULES = ("warmup_cosine", "constant")
-CLASS_WEIGHTS = ("auto", "balanced", "none")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class TrainingConfig:
     """How the model is fitted. ``epochs``/``batch_size``/``early_stopping_patience`` left empty scale with the
     data: the batch is a power of two near the square root of the training rows (32..1024), the epochs spend
     about ``step_budget`` optimizer steps (between ``min_epochs`` and ``max_epochs``), and early stopping on the
-    validation loss waits a tenth of them (at least 5). ``max_minutes`` bounds the fit's wall time."""
+    validation loss waits a fifth of them (at least 10). ``max_minutes`` bounds the fit's wall time. ``seed``
+    seeds the weights and the shuffling (the split has its own, ``split.seed``)."""
 
-    epochs: int | None = None
-    batch_size: int | None = None
-    optimizer: str = "adamw"
-    learning_rate: float = 0.002
-    weight_decay: float = 1e-4              # AdamW only
-    lr_schedule: str = "warmup_cosine"      # warmup_cosine | constant
-    warmup_fraction: float = 0.05           # of the planned steps, for warmup_cosine
-    early_stopping_patience: int | None = None
-    step_budget: int = 6000
-    min_epochs: int = 10
-    max_epochs: int = 200
-    max_minutes: float | None = None
-    class_weight: str = "auto"              # auto | balanced | none (see pipeline.preprocess.class_weights)
-    mixed_precision: bool = False
+    epochs: Optional[Annotated[Int, Field(ge=1, le=10000)]] = None
+    batch_size: Optional[Annotated[Int, Field(ge=1, le=65536)]] = None
+    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
+    learning_rate: Annotated[Float, Field(gt=0, le=10)] = 0.002
+    weight_decay: Annotated[Float, Field(ge=0, lt=1)] = 1e-4   # AdamW only
+    lr_schedule: Literal["warmup_cosine", "constant"] = "warmup_cosine"
+    warmup_fraction: Annotated[Float, Field(ge=0, lt=1)] = 0.05  # of the planned steps, for warmup_cosine
+    early_stopping_patience: Optional[Annotated[Int, Field(ge=1)]] = None
+    step_budget: Annotated[Int, Field(ge=1)] = 6000
+    min_epochs: Annotated[Int, Field(ge=1, le=10000)] = 10
+    max_epochs: Annotated[Int, Field(ge=1, le=10000)] = 200
+    max_minutes: Optional[Annotated[Float, Field(gt=0, le=10080)]] = None
+    class_weight: Literal["auto", "balanced", "none"] = "auto"  # see pipeline.preprocess.class_weights
+    mixed_precision: StrictBool = False
+    seed: Seed = 42
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainingConfig":
+        if self.min_epochs > self.max_epochs:
+            raise ValueError(f"min_epochs: {self.min_epochs} is more than max_epochs ({self.max_epochs})")
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class LabelsConfig:
     """What happens to rows and classes of the label: rows without a label are always dropped (and counted);
     a class with fewer than ``min_class_rows`` rows is an error (``rare_classes: error``), merged into
     ``merged_class`` (``merge``) or dropped (``drop``)."""
 
-    min_class_rows: int = 5
-    rare_classes: str = "error"
-    merged_class: str = "other"
+    min_class_rows: Annotated[Int, Field(ge=1)] = 5
+    rare_classes: Literal["error", "merge", "drop"] = "error"
+    merged_class: Name = "other"
 
 
-RARE_CLASS_RULES = ("error", "merge", "drop")
-
-
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class GateConfig:
     """When a candidate is *blessed*: every threshold met, and ``metric`` no worse than the champion's by more
     than ``max_regression`` (for error metrics such as ``rmse`` lower is better; see ``pipeline.evaluate``)."""
 
-    metric: str | None = None   # None: accuracy for classification, rmse for regression
-    thresholds: Mapping[str, float] = field(default_factory=dict)
-    max_regression: float = 0.02
+    metric: Optional[Name] = None   # None: accuracy for classification, rmse for regression
+    thresholds: Mapping[str, Float] = field(default_factory=dict)
+    max_regression: Annotated[Float, Field(ge=0)] = 0.02
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class ServingConfig:
-    model_name: str = "model"
+    model_name: Name = "model"   # checked by pipeline.names.check_model_name
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class DeployConfig:
     """How a blessed version reaches the serving directory (``pipeline.deploy``, docs/deployment.md).
 
@@ -159,26 +237,33 @@ class DeployConfig:
     Serving to validate candidates against instead of our sandboxed server: the candidate is copied into that
     base path (which the server must poll) and checked over its REST and gRPC ports."""
 
-    latency_budget_ms: float = 500.0      # p99 of single-row predicts (REST and gRPC) in the sandbox
-    latency_requests: int = 50            # single-row requests per API for the p99
-    max_abs_diff: float = 1e-5            # served answers vs the evaluation stage's predictions
-    keep_versions: int = 5                # retention: the newest N versions stay on disk (plus the aliased)
-    canary: bool = False                  # publish new versions as `challenger` (label canary), not champion
-    promotion_rule: str = "manual"        # canary -> stable: manual (`pipeline promote`) | immediate
-    allow_signature_change: bool = False  # let a candidate change the champion's serving signature
-    warmup_rows: int = 5                  # rows of the test split written as warmup requests
-    ready_timeout_s: float = 300.0        # how long the validation server may take to load the candidate
-    tf_serving_rest_url: str | None = None
-    tf_serving_grpc_target: str | None = None
-    tf_serving_model_base_path: str | None = None
+    latency_budget_ms: Annotated[Float, Field(gt=0)] = 500.0  # p99 of single-row predicts (REST, gRPC) in the sandbox
+    latency_requests: Annotated[Int, Field(ge=1)] = 50        # single-row requests per API for the p99
+    max_abs_diff: Annotated[Float, Field(ge=0)] = 1e-5        # served answers vs the evaluation stage's predictions
+    keep_versions: Annotated[Int, Field(ge=1)] = 5            # retention: the newest N versions stay (plus the aliased)
+    canary: StrictBool = False                  # publish new versions as `challenger` (label canary), not champion
+    # canary -> stable: manual (`pipeline promote`) | immediate
+    promotion_rule: Literal["manual", "immediate"] = "manual"
+    allow_signature_change: StrictBool = False  # let a candidate change the champion's serving signature
+    warmup_rows: Annotated[Int, Field(ge=0)] = 5              # rows of the test split written as warmup requests
+    ready_timeout_s: Annotated[Float, Field(gt=0)] = 300.0    # how long the validation server may take to load it
+    tf_serving_rest_url: Optional[Name] = None
+    tf_serving_grpc_target: Optional[Name] = None
+    tf_serving_model_base_path: Optional[Name] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "DeployConfig":
+        if bool(self.tf_serving_rest_url) != bool(self.tf_serving_model_base_path):
+            raise ValueError("tf_serving_rest_url: goes together with tf_serving_model_base_path (both or neither)")
+        return self
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, config=_SECTION)
 class PipelineConfig:
-    name: str
-    source: str
-    label: str
-    task: str | None = None
+    name: Name
+    source: Name
+    label: Name
+    task: Optional[Literal["classification", "regression"]] = None
     features: FeaturesConfig = FeaturesConfig()
     labels: LabelsConfig = LabelsConfig()
     split: SplitConfig = SplitConfig()
@@ -205,14 +290,20 @@ class PipelineConfig:
                 continue
             node = raw
             *parents, leaf = key.split(".")
-            for part in parents:
+            for i, part in enumerate(parents):
                 if not isinstance(node.get(part), dict):
-                    raise ConfigError(f"unknown config key {key!r}")
+                    raise _unknown_override(key, ".".join(parents[:i]), node)
                 node = node[part]
             if leaf not in node and not (parents and parents[-1] in {"params", "thresholds", "monitoring"}):
-                raise ConfigError(f"unknown config key {key!r}")
+                raise _unknown_override(key, ".".join(parents), node)
             node[leaf] = value
         return from_dict(raw)
+
+
+def _unknown_override(key: str, prefix: str, node: Mapping[str, Any]) -> ConfigError:
+    known = [f"{prefix}.{k}" if prefix else str(k) for k in node]
+    close = difflib.get_close_matches(key, known, n=1)
+    return ConfigError(f"unknown config key {key!r}" + (f"; did you mean {close[0]!r}?" if close else ""))
 
 
 def _plain(value: Any) -> Any:
@@ -223,176 +314,238 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _section(cls: type, raw: Any, name: str):
-    if raw is None:
-        return cls()
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"config section {name!r} must be a mapping, got {type(raw).__name__}")
-    known = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(raw) - set(known))
-    if unknown:
-        raise ConfigError(f"unknown key(s) in {name!r}: {', '.join(unknown)}")
-    kwargs = {}
-    for key, value in raw.items():
-        if isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
-    return cls(**kwargs)
+# -- errors ---------------------------------------------------------------------------------------------------
+
+def _unknown_key(key: Any, known: list[str], where: str) -> str:
+    close = difflib.get_close_matches(str(key), known, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else f" (known: {', '.join(known)})"
+    return f"unknown key {key!r} {where}{hint}"
 
 
-def _features(raw: Any) -> FeaturesConfig:
-    """The ``features`` section: lists by kind, ``column: kind`` entries and the inference/encoding knobs."""
+def _section_at(loc: tuple) -> type | None:
+    """The config class whose fields sit at ``loc`` (a pydantic error location), None past the sections."""
+    cls: Any = PipelineConfig
+    for part in loc:
+        fields = getattr(cls, "__pydantic_fields__", None)
+        if not fields or part not in fields:
+            return None
+        cls = fields[part].annotation
+    return cls if hasattr(cls, "__pydantic_fields__") else None
+
+
+_YAML_BOOL_HINT = " (YAML reads unquoted yes/no/on/off/true/false as booleans: quote it)"
+
+
+def _describe(error: Mapping[str, Any]) -> str:
+    """One pydantic error as ``key.path: problem, got value``."""
+    loc, kind, value, ctx = tuple(error["loc"]), error["type"], error.get("input"), error.get("ctx") or {}
+    path = ".".join(map(str, loc))
+    if kind in ("unexpected_keyword_argument", "extra_forbidden"):
+        cls = _section_at(loc[:-1])
+        known = list(cls.__pydantic_fields__) if cls else []
+        section = ".".join(map(str, loc[:-1]))
+        return _unknown_key(loc[-1], known, f"in {section}" if section else "at the top level")
+    if kind in ("missing", "missing_argument"):
+        return f"{path}: required, and missing"
+    message = {
+        "literal_error": f"must be one of {ctx.get('expected', '').replace(chr(39), '')}",
+        "string_type": "must be a string" + (_YAML_BOOL_HINT if isinstance(value, bool) else ""),
+        "bool_type": "must be true or false (a YAML boolean, not a string or a number)",
+        "greater_than": f"must be > {ctx.get('gt')}", "greater_than_equal": f"must be >= {ctx.get('ge')}",
+        "less_than": f"must be < {ctx.get('lt')}", "less_than_equal": f"must be <= {ctx.get('le')}",
+        "string_too_short": "must not be empty",
+        "dataclass_type": "must be a mapping", "dict_type": "must be a mapping", "mapping_type": "must be a mapping",
+        "invalid_key": "keys must be strings",
+        "float_parsing": "must be a number", "float_type": "must be a number",
+        "int_parsing": "must be a whole number", "int_type": "must be a whole number",
+        "int_from_float": "must be a whole number",
+    }.get(kind)
+    if message is None:
+        message = str(error["msg"]).removeprefix("Value error, ")
+        sub = re.match(r"([A-Za-z_][\w.]*): ", message)
+        if sub and loc:  # a section's check naming one of its keys
+            return f"{path}.{message}"
+        return f"{path}: {message}" if path else message
+    return f"{path}: {message}, got {value!r}" if path else f"{message}, got {value!r}"
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    errors = exc.errors()
+    if any(e["loc"] == ("source",) for e in errors):  # the name comes from the source: one error is enough
+        errors = [e for e in errors if e["loc"] != ("name",)]
+    return ConfigError("\n".join(dict.fromkeys(_describe(e) for e in errors)))
+
+
+# -- the features: layout --------------------------------------------------------------------------------------
+
+def _column(value: Any, where: str) -> str:
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        hint = _YAML_BOOL_HINT if isinstance(value, bool) else ""
+        raise ConfigError(f"{where}: a column name must be a string, got {value!r}{hint}")
+    return str(value)
+
+
+def _features(raw: Any) -> Any:
+    """The ``features`` section as FeaturesConfig's fields: lists by kind and ``column: kind`` entries become
+    ``kinds``; the inference/encoding knobs are checked by FeaturesConfig itself."""
     from pipeline.features import PINNABLE_KINDS
 
-    if raw is None:
-        return FeaturesConfig()
     if not isinstance(raw, Mapping):
-        raise ConfigError(f"config section 'features' must be a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"features: must be a mapping (column: kind, lists by kind, knobs), got {raw!r}")
     kinds: dict[str, str] = {}
     knobs: dict[str, Any] = {}
+
+    def pin(col: str, kind: str) -> None:
+        if col in kinds and kinds[col] != kind:
+            raise ConfigError(f"features: column {col!r} is listed as both {kinds[col]} and {kind}")
+        kinds[col] = kind
+
     for key, value in raw.items():
-        key = str(key)
+        key = _column(key, "features")
         if key in FEATURE_LIST_KEYS:
             if not isinstance(value, (list, tuple)):
-                raise ConfigError(f"features.{key} must be a list of column names, got {value!r}")
+                raise ConfigError(f"features.{key}: must be a list of column names, got {value!r}")
             for col in value:
-                if str(col) in kinds and kinds[str(col)] != key:
-                    raise ConfigError(f"features: column {col!r} is listed as both {kinds[str(col)]} and {key}")
-                kinds[str(col)] = key
+                pin(_column(col, f"features.{key}"), key)
         elif key in FEATURE_KNOBS:
-            try:
-                knobs[key] = FEATURE_KNOBS[key](value)
-            except (TypeError, ValueError):
-                raise ConfigError(f"features.{key} must be a number, got {value!r}") from None
+            knobs[key] = value
+        elif isinstance(value, str) and value in PINNABLE_KINDS:
+            pin(key, value)
         else:
-            if not isinstance(value, str) or value not in PINNABLE_KINDS:
-                raise ConfigError(f"features.{key}: kind must be one of {', '.join(PINNABLE_KINDS)}, got {value!r} "
-                                  f"(or {key!r} is a misspelt setting: {', '.join(FEATURE_KNOBS)})")
-            if key in kinds and kinds[key] != value:
-                raise ConfigError(f"features: column {key!r} is listed as both {kinds[key]} and {value}")
-            kinds[key] = value
-    return FeaturesConfig(kinds=kinds, **knobs)
+            close = difflib.get_close_matches(key, [*FEATURE_KNOBS, *FEATURE_LIST_KEYS], n=1, cutoff=0.75)
+            if close and not isinstance(value, str):
+                raise ConfigError(_unknown_key(key, [*FEATURE_KNOBS, *FEATURE_LIST_KEYS], "in features"))
+            raise ConfigError(f"features.{key}: kind must be one of {', '.join(PINNABLE_KINDS)}, got {value!r} "
+                              f"(or {key!r} is a misspelt setting: {', '.join(FEATURE_KNOBS)})")
+    return {"kinds": kinds, **knobs}
+
+
+# -- building and checking -------------------------------------------------------------------------------------
+
+SECTIONS = ("features", "labels", "split", "model", "training", "gate", "serving", "deploy", "monitoring")
 
 
 def from_dict(raw: Mapping[str, Any]) -> PipelineConfig:
-    """Build and check a :class:`PipelineConfig` from plain data (parsed YAML, Airflow params)."""
+    """Build and check a :class:`PipelineConfig` from plain data (parsed YAML, Airflow params).
+
+    Raises:
+        ConfigError: naming every invalid key by its path, and the problem.
+    """
+    from pipeline.names import model_name_from
+
     if not isinstance(raw, Mapping):
-        raise ConfigError("the config must be a mapping at top level")
-    top = {"name", "source", "label", "task", "features", "labels", "split", "model", "training", "gate", "serving", "deploy", "monitoring"}
-    unknown = sorted(set(raw) - top)
-    if unknown:
-        raise ConfigError(f"unknown top-level config key(s): {', '.join(unknown)}")
-    for key in ("source", "label"):
-        if not raw.get(key) or not isinstance(raw.get(key), str):
-            raise ConfigError(f"config key {key!r} is required and must be a string")
-    model_raw = dict(raw.get("model") or {})
-    module = model_raw.pop("module", None)
-    model = ModelConfig(builder=str(model_raw.pop("builder", "tabular")), params=dict(model_raw.pop("params", {}) or {}),
-                        module=str(module) if module else None)
-    if model_raw:
-        raise ConfigError(f"unknown key(s) in 'model': {', '.join(sorted(model_raw))}")
-    gate_raw = dict(raw.get("gate") or {})
-    gate_raw["thresholds"] = {str(k): float(v) for k, v in (gate_raw.get("thresholds") or {}).items()}
-    name = str(raw.get("name") or Path(raw["source"]).stem)
-    serving_raw = dict(raw.get("serving") or {})
-    serving_raw.setdefault("model_name", name)
-    cfg = PipelineConfig(
-        name=name,
-        source=raw["source"],
-        label=raw["label"],
-        task=raw.get("task"),
-        features=_features(raw.get("features")),
-        labels=_section(LabelsConfig, raw.get("labels"), "labels"),
-        split=_section(SplitConfig, raw.get("split"), "split"),
-        model=model,
-        training=_section(TrainingConfig, raw.get("training"), "training"),
-        gate=_section(GateConfig, gate_raw, "gate"),
-        serving=_section(ServingConfig, serving_raw, "serving"),
-        deploy=_section(DeployConfig, raw.get("deploy"), "deploy"),
-        monitoring=dict(raw.get("monitoring") or {}),
-    )
+        raise ConfigError(f"the config must be a mapping at top level, got {type(raw).__name__}")
+    raw = {k: v for k, v in raw.items() if not (k in SECTIONS and v is None)}  # `training:` with nothing under it
+    if not raw.get("name") and isinstance(raw.get("source"), str) and raw["source"]:
+        # Derived, so made valid; a name given is checked as given.
+        raw["name"] = model_name_from(Path(raw["source"]).stem)
+    if isinstance(raw.get("name"), str) and raw["name"]:
+        serving = raw.get("serving", {})
+        if isinstance(serving, Mapping) and "model_name" not in serving:
+            raw["serving"] = {**serving, "model_name": raw["name"]}
+    if "features" in raw:
+        raw["features"] = _features(raw["features"])
+    try:
+        cfg = _adapter().validate_python(raw)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
     _check(cfg)
     return cfg
 
 
+_ADAPTER = None
+
+
+def _adapter():
+    global _ADAPTER
+    if _ADAPTER is None:
+        from pydantic import TypeAdapter
+
+        _ADAPTER = TypeAdapter(PipelineConfig)
+    return _ADAPTER
+
+
+def _check_metric(metric: str, task: str | None, where: str) -> None:
+    tasks = [task] if task else list(GATE_METRICS)
+    if any(metric in GATE_METRICS[t] for t in tasks):
+        return
+    if "classification" in tasks and metric.startswith(PER_CLASS_METRIC_PREFIXES) and \
+            metric.split("_", 1)[1] not in ("", "macro"):
+        return
+    known = [m for t in tasks for m in GATE_METRICS[t]]
+    close = difflib.get_close_matches(metric, known, n=1, cutoff=0.5)
+    other = [t for t in GATE_METRICS if t not in tasks and metric in GATE_METRICS[t]]
+    why = f"{metric!r} is a {other[0]} metric and the task is {task}" if other else f"unknown metric {metric!r}"
+    per_class = ", precision_<class>, recall_<class>, f1_<class>" if "classification" in tasks else ""
+    raise ConfigError(f"{where}: {why}" + (f"; did you mean {close[0]!r}?" if close and not other else "")
+                      + f" (known{' for ' + task if task else ''}: {', '.join(known)}{per_class})")
+
+
 def _check(cfg: PipelineConfig) -> None:
-    if cfg.task is not None and cfg.task not in TASKS:
-        raise ConfigError(f"task must be one of {TASKS}, got {cfg.task!r}")
-    s = cfg.split
-    if s.strategy not in SPLIT_STRATEGIES:
-        raise ConfigError(f"split.strategy must be one of {SPLIT_STRATEGIES}, got {s.strategy!r}")
-    if min(s.train, s.val, s.test) < 0 or s.train <= 0 or s.test <= 0 or abs(s.train + s.val + s.test - 1) > 1e-6:
-        raise ConfigError(f"split ratios must be non-negative, with train and test > 0, and sum to 1 "
-                          f"(got train={s.train}, val={s.val}, test={s.test})")
-    if s.strategy == "hash" and not s.key_column:
-        raise ConfigError("split.strategy 'hash' needs split.key_column")
-    if s.strategy == "time" and not s.time_column:
-        raise ConfigError("split.strategy 'time' needs split.time_column")
-    t = cfg.training
-    if (t.epochs is not None and t.epochs < 1) or (t.batch_size is not None and t.batch_size < 1):
-        raise ConfigError("training.epochs and training.batch_size must be >= 1 (or absent: chosen from the data)")
-    if t.optimizer not in OPTIMIZERS:
-        raise ConfigError(f"training.optimizer must be one of {OPTIMIZERS}, got {t.optimizer!r}")
-    if not t.learning_rate > 0:
-        raise ConfigError("training.learning_rate must be > 0")
-    if cfg.gate.max_regression < 0:
-        raise ConfigError("gate.max_regression must be >= 0")
+    """The checks that span sections or need the ``models`` package."""
+    from pipeline.names import check_model_name
+
+    for value, where in ((cfg.name, "name"), (cfg.serving.model_name, "serving.model_name")):
+        try:
+            check_model_name(value, where)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg.label in cfg.features.kinds:
         raise ConfigError(f"features.{cfg.label}: the label {cfg.label!r} is also listed as a feature")
-    fc = cfg.features
-    if fc.max_vocabulary < 1 or fc.min_frequency < 1 or fc.hash_buckets < 1 or fc.text_max_tokens < 2 or fc.text_ngrams < 1:
-        raise ConfigError("features.max_vocabulary, min_frequency, hash_buckets, text_ngrams must be >= 1 and "
-                          "features.text_max_tokens >= 2")
-    if fc.value_ids < 0:
-        raise ConfigError(f"features.value_ids must be >= 0 (0: numeric columns are never embedded by value), "
-                          f"got {fc.value_ids}")
-    if cfg.labels.rare_classes not in RARE_CLASS_RULES:
-        raise ConfigError(f"labels.rare_classes must be one of {RARE_CLASS_RULES}, got {cfg.labels.rare_classes!r}")
-    if cfg.labels.min_class_rows < 1:
-        raise ConfigError("labels.min_class_rows must be >= 1")
-    if t.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"training.lr_schedule must be one of {LR_SCHEDULES}, got {t.lr_schedule!r}")
-    if t.class_weight not in CLASS_WEIGHTS:
-        raise ConfigError(f"training.class_weight must be one of {CLASS_WEIGHTS}, got {t.class_weight!r}")
-    if t.max_minutes is not None and not t.max_minutes > 0:
-        raise ConfigError("training.max_minutes must be > 0 (or absent)")
-    if not 0 <= t.warmup_fraction < 1 or t.step_budget < 1 or not 1 <= t.min_epochs <= t.max_epochs:
-        raise ConfigError("training.warmup_fraction must be in [0, 1), training.step_budget >= 1 and "
-                          "1 <= training.min_epochs <= training.max_epochs")
-    try:
-        from models import check_params
+    for key in ("key_column", "time_column"):
+        if getattr(cfg.split, key) == cfg.label:
+            raise ConfigError(f"split.{key}: {cfg.label!r} is the label; the split needs another column")
+    if cfg.gate.metric is not None:
+        _check_metric(cfg.gate.metric, cfg.task, "gate.metric")
+    for metric in cfg.gate.thresholds:
+        _check_metric(metric, cfg.task, f"gate.thresholds.{metric}")
+    from models import check_params
 
-        check_params(cfg.model.build_fn(), cfg.model.params, cfg.model.label)
+    try:
+        fn = cfg.model.build_fn()
+    except ValueError as exc:
+        message = str(exc)
+        raise ConfigError(message if message.startswith("model.") else f"model.builder: {message}") from exc
+    try:
+        check_params(fn, cfg.model.params, cfg.model.label)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
-    d = cfg.deploy
-    if d.promotion_rule not in PROMOTION_RULES:
-        raise ConfigError(f"deploy.promotion_rule must be one of {PROMOTION_RULES}, got {d.promotion_rule!r}")
-    if d.keep_versions < 1 or d.latency_requests < 1 or d.warmup_rows < 0:
-        raise ConfigError("deploy.keep_versions and deploy.latency_requests must be >= 1, deploy.warmup_rows >= 0")
-    if not d.latency_budget_ms > 0 or not d.max_abs_diff >= 0:
-        raise ConfigError("deploy.latency_budget_ms must be > 0 and deploy.max_abs_diff >= 0")
-    if bool(d.tf_serving_rest_url) != bool(d.tf_serving_model_base_path):
-        raise ConfigError("deploy.tf_serving_rest_url and deploy.tf_serving_model_base_path go together")
-    if not cfg.serving.model_name or "/" in cfg.serving.model_name:
-        raise ConfigError(f"serving.model_name must be a non-empty name without '/', got {cfg.serving.model_name!r}")
+
+
+# -- YAML ------------------------------------------------------------------------------------------------------
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, also reading ``1e-3`` (a float in YAML 1.2 and JSON, a string in YAML 1.1) as a
+    number, wherever it is: in ``model.params`` and ``monitoring`` too, which no type here checks."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
 
 
 def load_config(path: str | Path | None = None, overrides: Mapping[str, Any] | None = None) -> PipelineConfig:
-    """Read a YAML config (default ``conf/penguins.yaml``) and apply dotted-key overrides."""
+    """Read a YAML config (default ``conf/penguins.yaml``) and apply dotted-key overrides.
+
+    Raises:
+        ConfigError: the file is missing or not YAML, or a key is invalid (the message names the file and the key).
+    """
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
     raw = raw or {}
-    module = (raw.get("model") or {}).get("module") if isinstance(raw, Mapping) else None
+    model = raw.get("model") if isinstance(raw, Mapping) else None
+    module = model.get("module") if isinstance(model, Mapping) else None
     if isinstance(module, str) and ".py" in module and not Path(module).is_absolute():
         # a module file is found beside the config first (as TFX's module_file), then from the working directory
         beside = path.resolve().parent / module
         if (beside.parent / beside.name.partition(".py:")[0]).with_suffix(".py").exists() or beside.exists():
-            raw = {**raw, "model": {**raw["model"], "module": str(beside)}}
-    cfg = from_dict(raw)
+            raw = {**raw, "model": {**model, "module": str(beside)}}
+    try:
+        cfg = from_dict(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     return cfg.with_overrides(overrides) if overrides else cfg

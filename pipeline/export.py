@@ -1,21 +1,22 @@
-"""Export: a SavedModel for TensorFlow Serving, verified, then published atomically.
+"""Export: a SavedModel for TensorFlow Serving, verified, then staged for the deploy stage.
 
 The ``serving_default`` signature takes one rank-1 input per raw feature, named after its column key
 (float32 for numeric columns, string for every other kind: categorical, boolean, text, dates), and returns ``probabilities`` and ``classes`` (class names,
 one row per example) for classification or ``value`` for regression (docs/contracts.md).
 The model is written to a temporary directory beside the target, loaded back and checked against the
-in-memory model on the test split, and only then renamed into ``<serving base>/<model>/<version>/``:
-TensorFlow Serving (ours or the real one) never sees a half-written version.
+in-memory model on the test split, and only then renamed to the export's staging directory, a hidden name no
+server loads; the deploy stage (``pipeline.deploy``) publishes it under ``<serving base>/<model>/<version>/``.
 """
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipeline.atomic import write_json_atomic
+from pipeline.contracts import SIGNATURE
 from pipeline.features import FeatureSpec
 from pipeline.preprocess import PreprocessMeta, feature_arrays
 
@@ -24,7 +25,6 @@ if TYPE_CHECKING:
     import numpy as np
     import pandas as pd
 
-SIGNATURE = "serving_default"
 METADATA_FILE = "pipeline_metadata.json"
 SCHEMA_FILE = "schema.json"
 TOLERANCE = 1e-5
@@ -116,31 +116,13 @@ def write_candidate(model: "keras.Model", meta: PreprocessMeta, test_df: "pd.Dat
             raise ExportError(f"exported model differs from the trained model by {diff:.3g} (> {TOLERANCE}) on the test split")
         extra = tmp / "assets.extra"
         extra.mkdir(exist_ok=True)
-        (extra / METADATA_FILE).write_text(json.dumps({**metadata, "max_abs_diff_vs_keras": diff}, indent=2, default=str))
+        write_json_atomic(extra / METADATA_FILE, {**metadata, "max_abs_diff_vs_keras": diff}, indent=2, default=str)
         if schema is not None:
-            (extra / SCHEMA_FILE).write_text(json.dumps(schema, indent=2))
+            write_json_atomic(extra / SCHEMA_FILE, schema, indent=2)
         return tmp, diff
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def publish(tmp: str | Path, model_dir: str | Path, version: int) -> Path:
-    """Rename a verified temporary export to ``model_dir/<version>``: one atomic step on the same file system.
-
-    Re-publishing the same version (a retried task) replaces it; the old directory is moved aside first and
-    removed only after the new one is in place.
-    """
-    tmp, target = Path(tmp), Path(model_dir) / str(int(version))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    old = None
-    if target.exists():
-        old = target.parent / f".old-{target.name}-{uuid.uuid4().hex}"
-        os.replace(target, old)
-    os.replace(tmp, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-    return target
 
 
 def read_metadata(version_dir: str | Path) -> dict[str, Any]:

@@ -37,7 +37,7 @@ def lineage(model_name: str, version: int | None = None) -> dict[str, Any]:
         mv = c.get_model_version(model_name, str(version))
     except MlflowException:
         raise DeployError(f"{model_name} has no registered version {version}") from None
-    version_dir = paths.serving_base() / model_name / str(version)
+    version_dir = paths.serving_dir(model_name) / str(version)
     meta = read_metadata(version_dir) if (version_dir / "assets.extra").is_dir() else {}
     parent = mv.tags.get("mlflow_parent_run_id")
     stages: dict[str, Any] = {}

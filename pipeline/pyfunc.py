@@ -22,8 +22,10 @@ class SavedModelPyfunc(mlflow.pyfunc.PythonModel):
     def load_context(self, context):
         import tensorflow as tf
 
+        from pipeline.contracts import SIGNATURE
+
         path = Path(context.artifacts["saved_model"])
-        self._fn = tf.saved_model.load(str(path)).signatures["serving_default"]
+        self._fn = tf.saved_model.load(str(path)).signatures[SIGNATURE]
         self._meta = json.loads((path / "assets.extra" / "pipeline_metadata.json").read_text())
 
     def predict(self, context, model_input, params=None):

@@ -29,7 +29,7 @@ def version_by_alias(model_name: str, alias: str) -> "ModelVersion | None":
 def saved_model_dir(model_name: str, version: int | str) -> Path | None:
     """The SavedModel of a registered version: its serving directory, or (when that is gone) the copy in the
     MLflow artifact store, downloaded to a cache."""
-    local = paths.serving_base() / model_name / str(version)
+    local = paths.serving_dir(model_name) / str(version)
     if (local / "saved_model.pb").exists():
         return local
     import mlflow
@@ -48,16 +48,6 @@ def champion_dir(model_name: str) -> tuple[int, Path] | None:
         return None
     path = saved_model_dir(model_name, mv.version)
     return (int(mv.version), path) if path is not None else None
-
-
-def promote(model_name: str, version: int | str) -> int | None:
-    """Make ``version`` the champion; the former champion becomes ``previous``. Returns the former champion."""
-    c = client()
-    current = version_by_alias(model_name, CHAMPION)
-    if current is not None and str(current.version) != str(version):
-        c.set_registered_model_alias(model_name, PREVIOUS, current.version)
-    c.set_registered_model_alias(model_name, CHAMPION, str(version))
-    return int(current.version) if current is not None else None
 
 
 def served_aliases(model_name: str) -> dict[str, int]:

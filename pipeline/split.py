@@ -118,11 +118,11 @@ def class_balance(parts: dict[str, "pd.DataFrame"], label: str) -> dict[str, dic
 
 
 def write_splits(parts: dict[str, "pd.DataFrame"], out_dir: str | Path) -> dict[str, str]:
+    """Write each split to ``out_dir/<name>.parquet``, each atomically (a retry never reads half a file)."""
+    from pipeline.atomic import write_parquet_atomic
+
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {}
     for name, part in parts.items():
-        path = out_dir / f"{name}.parquet"
-        part.to_parquet(path, index=False)
-        paths[name] = str(path)
+        paths[name] = str(write_parquet_atomic(out_dir / f"{name}.parquet", part))
     return paths

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from pipeline import memory, paths
+from pipeline import memory, paths, progress
 from pipeline.config import PipelineConfig, from_dict, load_config
 
 STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register", "deploy")
@@ -42,19 +42,51 @@ class RunContext:
         return paths.run_dir(self.run_id)
 
 
-def load_run_config(params: Mapping[str, Any] | None) -> PipelineConfig:
-    """The config of a run: ``params["config"]`` (a YAML path; default conf/penguins.yaml) with the trigger
-    form's overrides. With a ``source`` and ``label`` but no config file, every other setting is a default
-    and the features are inferred from the data."""
+CONFIG_SNAPSHOT = "config.json"  # in the DAG run's data directory: the config every task of the run reads
+
+
+def resolve_run_config(params: Mapping[str, Any] | None) -> PipelineConfig:
+    """The config ``params`` name, read now: ``params["config"]`` (a YAML path; default conf/penguins.yaml) with
+    the trigger form's overrides. With a ``source`` and ``label`` but no config file, every other setting is a
+    default and the features are inferred from the data."""
     params = dict(params or {})
     overrides = {PARAM_OVERRIDES[k]: v for k, v in params.items() if k in PARAM_OVERRIDES and v not in (None, "")}
     if params.get("config"):
         return load_config(params["config"], overrides)
     if params.get("source") and params.get("label"):
-        name = params.get("model_name") or Path(str(params["source"])).stem
-        base = from_dict({"name": name, "source": params["source"], "label": params["label"]})
+        named = {"name": params["model_name"]} if params.get("model_name") else {}  # else from the file's name
+        base = from_dict({**named, "source": params["source"], "label": params["label"]})
         return base.with_overrides({k: v for k, v in overrides.items() if k not in ("source", "label")})
     return load_config(None, overrides)
+
+
+def load_run_config(params: Mapping[str, Any] | None, ctx: RunContext | None = None) -> PipelineConfig:
+    """The config of a run. With ``ctx`` it is resolved once per DAG run (:func:`resolve_run_config`, by the
+    first task) and snapshotted as ``<data dir>/config.json``; later tasks and retries read that snapshot, so
+    editing the YAML file mid-run changes nothing of the run. A snapshot resolved from other params (a run id
+    used again with new params) is replaced. Without ``ctx`` the config is read now.
+
+    Raises:
+        ConfigError: the config (or the snapshot) is invalid; a retry would read the same.
+    """
+    if ctx is None:
+        return resolve_run_config(params)
+    from pipeline.config import ConfigError
+
+    path = ctx.data_dir / CONFIG_SNAPSHOT
+    key = json.loads(json.dumps(dict(params or {}), default=str, sort_keys=True))
+    try:
+        snapshot = json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
+        snapshot = None  # written atomically, so only a foreign file: resolve again
+    if isinstance(snapshot, dict) and snapshot.get("params") == key:
+        try:
+            return from_dict(snapshot["config"])
+        except ConfigError as exc:
+            raise ConfigError(f"config snapshot {path}: {exc}") from None
+    cfg = resolve_run_config(params)
+    _write_json(path, {"params": key, "config": cfg.to_dict()})
+    return cfg
 
 
 def drift_run_params(params: Mapping[str, Any], drift_events: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
@@ -69,9 +101,9 @@ def drift_run_params(params: Mapping[str, Any], drift_events: Sequence[Mapping[s
 
 
 def _write_json(path: Path, payload: Any) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, default=str))
-    return str(path)
+    from pipeline.atomic import write_json_atomic
+
+    return str(write_json_atomic(path, payload, indent=2, default=str))
 
 
 def _read_frame(path: str):
@@ -90,7 +122,7 @@ def ingest_task(params: Mapping[str, Any], ctx: RunContext,
     from pipeline.ingest import ingest
     from pipeline.monitoring.loop import append_labelled, labelled_data_paths
 
-    cfg = load_run_config(params)
+    cfg = load_run_config(params, ctx)
     parent = tracking.parent_run(cfg.name, ctx.dag_id, ctx.run_id, ctx.logical_date, cfg.to_dict() | {})
     with tracking.stage_run(parent, "ingest"):
         mlflow.log_params({"source": cfg.source, "label": cfg.label})
@@ -122,7 +154,7 @@ def validate_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[
     from pipeline.export import SCHEMA_FILE
     from pipeline.validate import ValidationError, feature_table, load_schema, validate
 
-    cfg = load_run_config(params)
+    cfg = load_run_config(params, ctx)
     with tracking.stage_run(ingested["parent_run_id"], "validate"):
         champion = registry.champion_dir(cfg.serving.model_name)
         ref_path = champion[1] / "assets.extra" / SCHEMA_FILE if champion else None
@@ -161,7 +193,7 @@ def split_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[str
     from pipeline import tracking
     from pipeline.split import class_balance, prepare_labels, split_frame, write_splits
 
-    cfg = load_run_config(params)
+    cfg = load_run_config(params, ctx)
     features = validated["features"]
     with tracking.stage_run(validated["parent_run_id"], "split"):
         mlflow.log_params({f"split_{k}": v for k, v in cfg.split.__dict__.items()})
@@ -188,7 +220,7 @@ def preprocess_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[
     from pipeline.features import FeatureSpec
     from pipeline.preprocess import fit_preprocessing, save_preprocessing
 
-    cfg = load_run_config(params)
+    cfg = load_run_config(params, ctx)
     with tracking.stage_run(splits["parent_run_id"], "preprocess"):
         spec = FeatureSpec.from_dict(validated["features"])
         meta = fit_preprocessing(_read_frame(splits["train"]), spec, cfg.features)
@@ -212,7 +244,7 @@ def train_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[str, 
     from pipeline.preprocess import PreprocessMeta
     from pipeline.train import train
 
-    cfg = load_run_config(params)
+    cfg = load_run_config(params, ctx)
     with tracking.stage_run(splits["parent_run_id"], "train"):
         mlflow.log_params({"builder": cfg.model.module or cfg.model.builder,
                            **{f"model_{k}": v for k, v in cfg.model.params.items()},
@@ -221,7 +253,7 @@ def train_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[str, 
         try:
             result = train(_read_frame(splits["train"]), _read_frame(splits["val"]),
                            PreprocessMeta.load(preprocessed["meta"]), cfg.model, cfg.training, ctx.work_dir / "train",
-                           seed=cfg.split.seed, callbacks=[epochs])
+                           seed=cfg.training.seed, callbacks=[epochs, progress.keras_callback()])
         finally:
             epochs.flush()  # the epochs of a failed attempt too
         mlflow.log_metrics({"batch_size": result.batch_size, "planned_epochs": result.planned_epochs})
@@ -240,11 +272,12 @@ def evaluate_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[st
 
     from pipeline import evaluate as ev
     from pipeline import registry, tracking
+    from pipeline.atomic import atomic_path
     from pipeline.export import ExportError, predict_keras, predict_saved_model
     from pipeline.preprocess import PreprocessMeta, label_array
     from pipeline.train import load_model
 
-    cfg = load_run_config(params)
+    cfg = load_run_config(params, ctx)
     meta = PreprocessMeta.load(preprocessed["meta"])
     spec = meta.feature_spec
     with tracking.stage_run(splits["parent_run_id"], "evaluate"):
@@ -284,7 +317,8 @@ def evaluate_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[st
             tracking.log_figure(ev.residual_figure(y, pred), "residuals.png")
         out_dir = ctx.work_dir / "evaluate"
         out_dir.mkdir(parents=True, exist_ok=True)
-        np.save(out_dir / "predictions.npy", pred)
+        with atomic_path(out_dir / "predictions.npy", suffix=".npy") as tmp:
+            np.save(tmp, pred)
         _write_json(out_dir / "metrics.json", {"metrics": metrics, "champion_metrics": champion_metrics,
                                                "decision": decision.to_dict()})
         for reason in decision.reasons:
@@ -308,10 +342,10 @@ def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[st
     from pipeline.pyfunc import log_pyfunc
     from pipeline.train import load_model, release_loaded_model
 
-    cfg = load_run_config(params)
+    cfg = load_run_config(params, ctx)
     meta = PreprocessMeta.load(preprocessed["meta"])
     spec = meta.feature_spec
-    staging_root = paths.serving_base() / cfg.serving.model_name
+    staging_root = paths.serving_dir(cfg.serving.model_name)
     with tracking.stage_run(splits["parent_run_id"], "export"):
         test = _read_frame(splits["test"])
         metrics = json.loads(Path(evaluated["metrics_file"]).read_text())["metrics"]
@@ -348,7 +382,7 @@ def register_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[
 
     from pipeline import tracking
 
-    cfg = load_run_config(params)
+    cfg = load_run_config(params, ctx)
     name = cfg.serving.model_name
     parent = exported["parent_run_id"]
     with tracking.stage_run(parent, "register"):
@@ -376,7 +410,7 @@ def deploy_task(params: Mapping[str, Any], ctx: RunContext, exported: Mapping[st
 
     from pipeline import deploy, registry
 
-    cfg = load_run_config(params)
+    cfg = load_run_config(params, ctx)
     name, version, parent = registered["model_name"], registered["version"], registered["parent_run_id"]
     staging = Path(exported["staging"])
     if not registered["blessed"]:

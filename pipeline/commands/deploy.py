@@ -16,11 +16,13 @@ import json
 import sys
 from typing import Any, Callable
 
+from pipeline.names import model_name_flag
+
 
 def _parser(prog: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"pipeline {prog}", description=description)
     p.add_argument("--config", help="YAML pipeline config: its model name and deploy section (default conf/penguins.yaml)")
-    p.add_argument("--model-name", help="the registered and served model (default: the config's)")
+    p.add_argument("--model-name", type=model_name_flag, help="the registered and served model (default: the config's)")
     return p
 
 
@@ -74,7 +76,7 @@ def deploy_main(argv: list[str] | None = None) -> int:
         result = deploy.run_deploy_stage(cfg.deploy, parent, name, args.version,
                                          registry.saved_model_dir(name, args.version),
                                          blessed=mv.tags.get("blessed") == "true",
-                                         reason=f"pipeline deploy --version {args.version}")
+                                         reason=f"pipeline deploy --version {args.version}", own_run=True)
         if not result["deployed"]:
             raise deploy.DeployError(f"{name} version {args.version} is not blessed; only blessed versions deploy")
         return result

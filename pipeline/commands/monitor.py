@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pipeline import paths
+from pipeline.names import model_name_flag
 
 DAG_ID = "drift_monitor"
 
@@ -37,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--current", type=Path, help="the window as CSV, Parquet or JSONL (default: the request log)"
     )
-    ap.add_argument("--model-name", help="served model (default: the config's serving.model_name)")
+    ap.add_argument("--model-name", type=model_name_flag,
+                    help="served model (default: the config's serving.model_name)")
     ap.add_argument(
         "--model-version", type=int, help="reference model version (default: the one that served)"
     )
@@ -48,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--report-dir", type=Path, help="write the HTML report here")
     ap.add_argument("--no-mlflow", action="store_true", help="do not log the monitor run to MLflow")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
+    ap.add_argument("-v", "--verbose", action="store_true",
+                    help="stream Airflow's logs (to stderr) instead of a log file under PIPELINE_HOME and a live view")
     ap.add_argument(
         "--direct", action="store_true", help="run the analysis in this process instead of the Airflow DAG"
     )
@@ -59,7 +63,7 @@ def _state_file(model_name: str) -> Path:
 
 
 def _versions(model_name: str) -> list[int]:
-    base = paths.serving_base() / model_name
+    base = paths.serving_dir(model_name)
     return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) if base.is_dir() else []
 
 
@@ -99,7 +103,7 @@ def _stdout_to_stderr():
 
 
 def _through_airflow(args: argparse.Namespace) -> int:
-    from pipeline.commands.train import run_dag, summarize
+    from pipeline.commands.train import run_dag, run_with_view, summarize
 
     if args.current is not None and not args.current.exists():
         print(f"pipeline monitor: {args.current} does not exist", file=sys.stderr)
@@ -109,8 +113,9 @@ def _through_airflow(args: argparse.Namespace) -> int:
               "--report-dir applies to --direct", file=sys.stderr)
     conf = dag_conf(args)
     print(f"pipeline monitor: running DAG {DAG_ID} with params {json.dumps(conf)}", file=sys.stderr, flush=True)
-    with _stdout_to_stderr() if args.json else contextlib.nullcontext():
-        dag_run = run_dag(DAG_ID, conf)
+    with _stdout_to_stderr() if args.json and args.verbose else contextlib.nullcontext():
+        dag_run = run_with_view(DAG_ID, args.verbose, lambda: run_dag(DAG_ID, conf), command="monitor",
+                                view_on_stderr=args.json)
         summary = summarize(dag_run)
     decision = summary.get("decide") or {}
     ok = summary["state"].endswith("success") and decision.get("result")
@@ -142,10 +147,11 @@ def _through_airflow(args: argparse.Namespace) -> int:
 
 
 def _direct(args: argparse.Namespace) -> int:
+    from pipeline.atomic import write_json_atomic
     from pipeline.monitoring.monitor import MonitorConfig, read_table, run_monitor
     from pipeline.monitoring.request_log import read_request_log
 
-    default_conf = paths.REPO_ROOT / "conf" / "penguins.yaml"
+    default_conf = paths.DEFAULT_CONFIG
     config_path = args.config or (default_conf if default_conf.exists() else None)
     config = MonitorConfig.from_yaml(config_path) if config_path else MonitorConfig()
     model_name = args.model_name or config.model_name
@@ -184,7 +190,7 @@ def _direct(args: argparse.Namespace) -> int:
         return 2
     if "model_version" in window.columns and args.current is None:
         window = window[window["model_version"] == version]
-    lineage = paths.serving_base() / model_name / str(version) / "assets.extra" / "pipeline_metadata.json"
+    lineage = paths.serving_dir(model_name) / str(version) / "assets.extra" / "pipeline_metadata.json"
     if not lineage.exists():
         print(f"pipeline monitor: lineage file {lineage} not found", file=sys.stderr)
         return 2
@@ -201,8 +207,7 @@ def _direct(args: argparse.Namespace) -> int:
         log_mlflow=False if args.no_mlflow else None,
     )
     if args.current is None and not result.skipped:
-        state.parent.mkdir(parents=True, exist_ok=True)
-        state.write_text(json.dumps({"window_end": window_end.isoformat()}))
+        write_json_atomic(state, {"window_end": window_end.isoformat()})
 
     if args.json:
         print(result.to_json())

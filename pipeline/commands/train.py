@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from pipeline.names import model_name_flag
 
 DAG_ID = "training_pipeline"
 
@@ -18,12 +22,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--config", help="YAML pipeline config (default conf/penguins.yaml)")
     p.add_argument("--source", help="CSV or Parquet file to train on (features are inferred without --config)")
     p.add_argument("--label", help="label column of --source")
-    p.add_argument("--model-name", help="name of the registered and served model")
+    p.add_argument("--model-name", type=model_name_flag, help="name of the registered and served model")
     p.add_argument("--epochs", type=int, help="override training.epochs (default: chosen from the data)")
     p.add_argument("--max-minutes", type=float, help="time budget of the fit (training.max_minutes)")
     p.add_argument("--conf", default="{}", help="extra DAG run params as a JSON object")
     p.add_argument("--no-early-sandbox", action="store_true",
                    help="start the deploy stage's validation server when that stage runs, not while Airflow starts")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="stream Airflow's, MLflow's and TensorFlow's logs here (default: to a file under PIPELINE_HOME, "
+                        "with a live view of the tasks and epochs here)")
     args = p.parse_args(argv)
     if args.source and not args.config and not args.label:
         p.error("--source without --config needs --label (the column to predict)")
@@ -56,6 +63,9 @@ def run_dag(dag_id: str, conf: dict, early_sandbox: bool = False):
     try:
         from airflow.utils.cli import get_bagged_dag
 
+        from pipeline import progress
+
+        progress.watch_airflow_tasks()  # task states for the live view (inert without one)
         airflow_env.finish_db(migrating, env)
     finally:
         if migrating is not None and migrating.poll() is None:
@@ -94,6 +104,33 @@ def _parse_dag(dag_id: str):
     with _airflow_parsing_context_manager(dag_id=dag_id):
         bag = BundleDagBag(dag_folder=str(path), bundle_path=bundle.path, bundle_name=bundle.name)
     return bag.dags.get(dag_id)
+
+
+def log_file(command: str) -> Path:
+    """Where a command's full logs go when they are not streamed: ``PIPELINE_HOME/logs/<command>-<UTC time>.log``."""
+    import time
+
+    from pipeline import paths
+
+    return paths.pipeline_home() / "logs" / f"{command}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.log"
+
+
+def run_with_view(dag_id: str, verbose: bool, run: Callable[[], Any], command: str = "train",
+                  view_on_stderr: bool = False):
+    """``run()`` (a DAG run in this process) with its logs streamed (``verbose``) or written to :func:`log_file`
+    while a live view of the tasks and the fit is drawn here (:mod:`pipeline.progress`)."""
+    if verbose:
+        return run()
+    from pipeline import progress
+    from pipeline.tasks import STAGES
+
+    path = log_file(command)
+    print(f"logs:             {path} (-v to stream them here)", file=sys.stderr if view_on_stderr else sys.stdout,
+          flush=True)
+    tasks = list(STAGES) if dag_id == DAG_ID else []
+    with progress.captured_output(path, view_on_stderr) as terminal, progress.LiveView(terminal, tasks) as view, \
+            progress.attached(view):
+        return run()
 
 
 def summarize(dag_run) -> dict:
@@ -158,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(list(argv or []))
     conf = run_conf(args)
     print(f"pipeline train: running DAG {DAG_ID} with params {json.dumps(conf)}", flush=True)
-    dag_run = run_dag(DAG_ID, conf, early_sandbox=not args.no_early_sandbox)
+    dag_run = run_with_view(DAG_ID, args.verbose,
+                            lambda: run_dag(DAG_ID, conf, early_sandbox=not args.no_early_sandbox))
     summary = summarize(dag_run)
     reg = summary.get("register") or {}
     ingest = summary.get("ingest") or {}

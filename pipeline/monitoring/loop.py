@@ -9,9 +9,6 @@ runs) and hands it to these functions as plain values; ``training_pipeline``'s i
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -146,11 +143,9 @@ def count_since(rows, since: datetime | None) -> int:
 
 def write_labelled(rows, path: Path) -> str:
     """The labelled rows a retraining appends to its data, as Parquet (feature columns and the label only)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    rows.drop(columns=[c for c in ("ts",) if c in rows.columns]).to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-    return str(path)
+    from pipeline.atomic import write_parquet_atomic
+
+    return str(write_parquet_atomic(path, rows.drop(columns=[c for c in ("ts",) if c in rows.columns])))
 
 
 def event_extra(result: Mapping, resolved: Mapping, run_id: str, labelled: Mapping) -> dict:
@@ -209,6 +204,7 @@ def append_labelled(snapshot, labelled: Sequence[str]):
     """
     import pandas as pd
 
+    from pipeline.atomic import write_json_atomic, write_parquet_atomic
     from pipeline.features import column_key
     from pipeline.ingest import IngestError, file_digest
     from pipeline.monitoring.monitor import read_table
@@ -229,13 +225,10 @@ def append_labelled(snapshot, labelled: Sequence[str]):
         parts.append(extra.reindex(columns=base.columns))
         digest.update(file_digest(path).encode())
     merged = pd.concat(parts, ignore_index=True)
-    out = Path(snapshot.path)
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
-    merged.to_parquet(tmp, index=False)
-    os.replace(tmp, out)
+    out = write_parquet_atomic(snapshot.path, merged)
     updated = replace(snapshot, digest=digest.hexdigest(), rows=int(len(merged)))
     meta = out.with_name("snapshot.json")
     record = {**updated.to_dict(), "labelled_data": list(labelled), "source_rows": int(len(base)),
               "source_digest": snapshot.digest}
-    meta.write_text(json.dumps(record, indent=2))
+    write_json_atomic(meta, record, indent=2)
     return updated

@@ -168,7 +168,9 @@ def saved_model_predictions(model_dir: Path, lineage: Mapping) -> Callable[[pd.D
         import numpy as np
         import tensorflow as tf
 
-        fn = tf.saved_model.load(str(model_dir)).signatures["serving_default"]
+        from pipeline.contracts import SIGNATURE
+
+        fn = tf.saved_model.load(str(model_dir)).signatures[SIGNATURE]
         feats = lineage["features"]
         outputs: dict[str, list] = {}
         for start in range(0, len(frame), batch):

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline import paths
+from pipeline.atomic import write_text_atomic
 from pipeline.monitoring.drift import ColumnDrift, DriftResult
 from pipeline.monitoring.reference import (
     CategoricalSketch,
@@ -221,10 +222,8 @@ def write_report(
     title = title or (
         f"Drift report - {model} v{result.meta.get('model_version', '?')}" if model else "Drift report"
     )
-    (out_dir / "drift.json").write_text(result.to_json(indent=1))
-    path = out_dir / "report.html"
-    path.write_text(render_html(result, plots, title), encoding="utf-8")
-    return path
+    write_text_atomic(out_dir / "drift.json", result.to_json(indent=1))
+    return write_text_atomic(out_dir / "report.html", render_html(result, plots, title))
 
 
 # ---------------------------------------------------------------------------------------------------------

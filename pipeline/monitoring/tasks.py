@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import paths
+from pipeline.atomic import write_json_atomic, write_parquet_atomic
 from pipeline.monitoring import loop
 
-DEFAULT_CONFIG = paths.REPO_ROOT / "conf" / "penguins.yaml"
+DEFAULT_CONFIG = paths.DEFAULT_CONFIG
 
 
 class MonitorInputError(ValueError):
@@ -38,7 +39,7 @@ def load_config(params: Mapping[str, Any]):
 
 
 def _exported_versions(model_name: str) -> list[int]:
-    base = paths.serving_base() / model_name
+    base = paths.serving_dir(model_name)
     return sorted(int(p.name) for p in base.iterdir() if p.name.isdigit()) if base.is_dir() else []
 
 
@@ -87,13 +88,13 @@ def resolve_task(params: Mapping[str, Any], run_id: str, end: datetime,
     version = reference_version(window, model_name, params.get("model_version"))
     if "model_version" in window.columns and not params.get("current"):
         window = window[window["model_version"] == version].reset_index(drop=True)
-    lineage = paths.serving_base() / model_name / str(version) / "assets.extra" / "pipeline_metadata.json"
+    lineage = paths.serving_dir(model_name) / str(version) / "assets.extra" / "pipeline_metadata.json"
     if not lineage.exists():
         raise MonitorInputError(f"lineage file {lineage} not found (the reference of {model_name} v{version})")
     out = loop.run_dir(model_name, run_id)
     out.mkdir(parents=True, exist_ok=True)
     window_path = out / "window.parquet"
-    window.to_parquet(window_path, index=False)
+    write_parquet_atomic(window_path, window)
     return {"model_name": model_name, "model_version": version, "lineage": str(lineage), "window": str(window_path),
             "source": source, "rows": int(len(window)), "window_start": start.isoformat(),
             "window_end": end.isoformat(), "run_dir": str(out), "config": str(params.get("config") or "")}
@@ -118,7 +119,7 @@ def analyse_task(params: Mapping[str, Any], dag_id: str, run_id: str, resolved: 
     )
     doc = result.to_dict()
     drift_path = out / "drift.json"
-    drift_path.write_text(json.dumps(doc, indent=2, allow_nan=False))
+    write_json_atomic(drift_path, doc, indent=2, allow_nan=False)
     return {"drift": str(drift_path), "dataset_drift": doc["dataset_drift"], "skipped": doc["skipped"],
             "drifted_features": doc["drifted_features"], "n_current": doc["n_current"],
             "mlflow_run_id": doc["meta"].get("mlflow_run_id"),
@@ -190,7 +191,7 @@ def decide_task(params: Mapping[str, Any], run_id: str, resolved: Mapping[str, A
                    "labelled_rows": labelled["rows"], "new_labelled_rows": labelled["new_rows"],
                    "report": analysed.get("report")}
     result_path = out / "result.json"
-    result_path.write_text(json.dumps(doc, indent=2, allow_nan=False))
+    write_json_atomic(result_path, doc, indent=2, allow_nan=False)
     _tag_mlflow_run(analysed.get("mlflow_run_id"), triggered, reason)
     return {"result": str(result_path), "retraining_triggered": triggered, "reason": reason,
             "already_emitted": already,

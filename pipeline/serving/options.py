@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pipeline.contracts import MODELS_CONFIG as GENERATED_CONFIG  # under the serving base, written by pipeline.deploy
 from pipeline.paths import request_log_dir, serving_base
 
 DEFAULT_MONITORING_PATH = "/monitoring/prometheus/metrics"
-GENERATED_CONFIG = "models.config"  # under the serving base, written by pipeline.deploy
 GENERATED_CONFIG_POLL_S = 2.0
 
 

@@ -12,14 +12,15 @@ from typing import Any, Callable
 
 import numpy as np
 
+from pipeline import contracts
 from pipeline.serving.codec import DTYPE_NAMES, NUMPY_DTYPES
 from pipeline.serving.errors import Code, ServingError, from_exception, invalid
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
 REGRESS_METHOD = "tensorflow/serving/regress"
-DEFAULT_SIGNATURE = "serving_default"
-WARMUP_FILE = Path("assets.extra") / "tf_serving_warmup_requests"
+DEFAULT_SIGNATURE = contracts.SIGNATURE
+WARMUP_FILE = Path(contracts.WARMUP_FILE)
 MAX_WARMUP_RECORDS = 1000
 
 

@@ -29,6 +29,17 @@ def _serving_conftest():
 
 serving = _serving_conftest()
 ServerProcess = serving.ServerProcess
+
+
+def config_following_server(pipeline_home: Path) -> "ServerProcess":
+    """A started server following the generated models.config (and the version directories) every 0.2 s."""
+    from pipeline import deploy
+
+    server = ServerProcess(pipeline_home, ["--model_config_file", str(deploy.models_config_path()),
+                                           "--model_config_file_poll_wait_seconds", "0.2",
+                                           "--file_system_poll_wait_seconds", "0.2"],
+                           env={"PIPELINE_HOME": str(pipeline_home)})
+    return server.start()
 MODEL = "penguins"
 BIN = Path(sys.executable).parent
 # The test split of the small models: NaN and a missing island included, every label a known class.
@@ -94,7 +105,7 @@ class Registry:
 
     @property
     def model_dir(self) -> Path:
-        return self.paths.serving_base() / MODEL
+        return self.paths.serving_dir(MODEL)
 
     def export(self, template: Path, *, answers: int | np.ndarray = 1, blessed: bool = True) -> tuple[int, Path, str]:
         """Register ``template`` as a new version; returns (version, staging dir, parent run id)."""
@@ -150,10 +161,11 @@ class Registry:
 
 
 def served_state(home: Path) -> dict[str, object]:
-    """Everything a server could read: every file under serving/ with its size and mtime."""
+    """Everything a server could read: every file under serving/ with its size and mtime (the deploy locks are
+    not read by servers)."""
     base = home / "serving"
     return {str(p.relative_to(base)): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in base.rglob("*") if p.is_file() and ".staging-" not in str(p)}
+            for p in base.rglob("*") if p.is_file() and ".staging-" not in str(p) and not p.name.endswith(".lock")}
 
 
 def run_pipeline(home: Path, *args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -7,7 +7,7 @@ import time
 
 import numpy as np
 import pytest
-from deploy_helpers import MODEL, ServerProcess, answered_version, run_pipeline
+from deploy_helpers import MODEL, ServerProcess, answered_version, config_following_server, run_pipeline
 
 from pipeline import deploy, registry
 from pipeline.config import DeployConfig
@@ -85,11 +85,7 @@ def two_versions_serving(reg, pipeline_home, templates):
     v1 = reg.place(templates["v1"], champion=-1)
     v2 = reg.place(templates["v2"])
     deploy.move_aliases(MODEL, deploy.new_aliases(reg.aliases(), v2, canary=False), action="deploy", reason="set-up")
-    server = ServerProcess(pipeline_home, ["--model_config_file", str(deploy.models_config_path()),
-                                           "--model_config_file_poll_wait_seconds", "0.2",
-                                           "--file_system_poll_wait_seconds", "0.2"],
-                           env={"PIPELINE_HOME": str(pipeline_home)})
-    server.start()
+    server = config_following_server(pipeline_home)
     try:
         server.wait_ready(MODEL, v1)
         server.wait_ready(MODEL, v2)

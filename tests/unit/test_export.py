@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 
 from pipeline.config import ModelConfig, TrainingConfig
-from pipeline.export import ExportError, predict_keras, predict_saved_model, publish, write_candidate
+from pipeline.export import ExportError, predict_keras, predict_saved_model, write_candidate
 from pipeline.features import FeatureSpec
 from pipeline.preprocess import fit_preprocessing
 from pipeline.train import load_model, train
@@ -52,13 +52,3 @@ def test_mismatch_is_refused_and_leaves_nothing(tmp_path, trained, monkeypatch):
     with pytest.raises(ExportError, match="differs from the trained model"):
         write_candidate(model, meta, frame, tmp_path, {}, None)
     assert list(tmp_path.iterdir()) == []
-
-
-def test_publish_is_a_rename_and_replaces_on_retry(tmp_path):
-    for attempt in ("first", "second"):
-        staged = tmp_path / f".tmp-{attempt}"
-        staged.mkdir()
-        (staged / "saved_model.pb").write_text(attempt)
-        target = publish(staged, tmp_path / "m", 3)
-        assert not staged.exists() and (target / "saved_model.pb").read_text() == attempt
-    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == ["3"]

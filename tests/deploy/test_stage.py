@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import tempfile
 
 import numpy as np
 import pytest
-from deploy_helpers import MODEL, TEST_ROWS, ServerProcess, answered_version, expected, served_state
+from deploy_helpers import MODEL, TEST_ROWS, answered_version, config_following_server, expected, served_state
 
 from pipeline import deploy, lineage, registry
 from pipeline.config import DeployConfig
@@ -132,11 +133,7 @@ def test_unblessed_version_is_not_deployed(reg, pipeline_home, templates):
 def champion_serving(reg, pipeline_home, templates):
     """Version 1 is the champion, served by a running server that follows models.config."""
     v1 = reg.place(templates["v1"], champion=-1)
-    server = ServerProcess(pipeline_home, ["--model_config_file", str(deploy.models_config_path()),
-                                           "--model_config_file_poll_wait_seconds", "0.2",
-                                           "--file_system_poll_wait_seconds", "0.2"],
-                           env={"PIPELINE_HOME": str(pipeline_home)})
-    server.start()
+    server = config_following_server(pipeline_home)
     try:
         server.wait_ready(MODEL, v1)
         yield server, v1
@@ -203,7 +200,7 @@ def test_unwritable_serving_directory_through_the_stage(reg, pipeline_home, temp
     v1 = reg.place(templates["v1"], champion=-1)
     before = served_state(pipeline_home)
     version, staging, parent = reg.export(templates["v2"], answers=2)
-    real_mkdtemp = deploy.tempfile.mkdtemp
+    real_mkdtemp = tempfile.mkdtemp
 
     def refuse(*args, **kwargs):  # the serving directory refuses, as a read-only mount does (even for root)
         if str(kwargs.get("dir", "")).startswith(str(reg.model_dir)):
@@ -212,7 +209,55 @@ def test_unwritable_serving_directory_through_the_stage(reg, pipeline_home, temp
 
     with monkeypatch.context() as patch, \
             pytest.raises(deploy.DeployError, match=f"serving directory {reg.model_dir} is not writable"):
-        patch.setattr(deploy.tempfile, "mkdtemp", refuse)
+        patch.setattr(tempfile, "mkdtemp", refuse)
         deploy.run_deploy_stage(DeployConfig(), parent, MODEL, version, staging, blessed=True, reason="test")
     assert served_state(pipeline_home) == before and reg.aliases() == {"champion": v1}
     assert "is not writable" in reg.deploy_run(parent).data.tags["pipeline.error"]
+
+
+# ------------------------------------------------------------------------------------------ integrity
+def test_a_tampered_version_dir_is_never_trusted(reg, pipeline_home, templates):
+    """A retried deploy reuses a published directory only when its digest is the one validated: a changed one is
+    refused while it is served, and replaced by a freshly validated copy once it is not."""
+    v1, _, first = _stage(reg, templates["v1"])
+    published = reg.model_dir / str(v1)
+    recorded = reg.client.get_model_version(MODEL, str(v1)).tags[deploy.DIGEST_TAG]
+    assert recorded == deploy.content_digest(published)
+    staging = reg.model_dir / f".staging-manual__test_{v1}"
+    lineage_file = published / "assets.extra" / "pipeline_metadata.json"
+    lineage_file.write_text(lineage_file.read_text().replace('"accuracy": 0.97', '"accuracy": 0.99'))
+    tampered = served_state(pipeline_home)
+
+    with pytest.raises(deploy.DeployError, match=rf"{re.escape(str(published))} is not trusted: its content digest is sha256 "
+                                                 rf"\w+, not the {recorded} of the copy that was validated.*"
+                                                 r"It is served \(champion"):
+        deploy.deploy_version(deploy.candidate_from_export(MODEL, v1, staging), DeployConfig(), blessed=True)
+    assert served_state(pipeline_home) == tampered and reg.aliases() == {"champion": v1}
+
+    v2 = reg.place(templates["v2"], champion=-1)  # v1 is no longer served
+    again = deploy.deploy_version(deploy.candidate_from_export(MODEL, v1, staging), DeployConfig(), blessed=True)
+    assert "already_published" not in again and "not the" in again["revalidated"]
+    assert again["rest_max_abs_diff"] <= 1e-5, "validated again"
+    assert deploy.content_digest(published) == again["digest"] == recorded, "the validated copy, as first published"
+    assert "0.97" in lineage_file.read_text() and reg.aliases() == {"champion": v1, "previous": v2}
+    assert not list(reg.model_dir.glob(".trash-*")) and not list(reg.model_dir.glob(".deploy-*"))
+
+
+def test_pipeline_deploy_leaves_the_training_run_alone(reg, pipeline_home, templates, capsys, monkeypatch):
+    """`pipeline deploy --version N` records itself in a run of its own: the training run's status and tags, and its
+    nested runs, are those the DAG run left."""
+    from pipeline.commands.deploy import deploy_main
+
+    version, staging, parent = reg.export(templates["v1"])
+    monkeypatch.setattr(registry, "saved_model_dir", lambda name, v: staging)  # the test's versions have no artifacts
+    before = reg.client.get_run(parent)
+    children = f"tags.`mlflow.parentRunId` = '{parent}'"
+    assert deploy_main(["--version", str(version), "--json"]) == 0, capsys.readouterr()
+    after = reg.client.get_run(parent)
+    assert (after.info.status, after.info.end_time, after.data.tags) == (
+        before.info.status, before.info.end_time, before.data.tags)
+    assert reg.client.search_runs([before.info.experiment_id], filter_string=children) == []
+    run_id = reg.client.get_model_version(MODEL, str(version)).tags["deploy.run_id"]
+    run = reg.client.get_run(run_id)
+    assert run.data.tags["deploy.source_run_id"] == parent and run.data.tags["deployed"] == "true"
+    assert run.info.status == "FINISHED" and reg.aliases() == {"champion": version}
