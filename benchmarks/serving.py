@@ -419,8 +419,32 @@ def render(args, floor: dict, results: list[dict], loads: list[str]) -> str:
                      f"{'met' if ratio >= 5 else 'NOT met'}.")
     total_errors = sum(r["errors"] for r in results)
     lines.append(f"- errors in all runs: {total_errors}.")
+    lines += ["", "Floors from issue 10:"] + [f"- {text} - {'met' if ok else 'NOT met'}." for text, ok in issue10_floors(results)]
     lines += ["", NOTES]
     return "\n".join(lines)
+
+
+def issue10_floors(results: list[dict]) -> list[tuple[str, bool]]:
+    """Issue 10's floors: REST without batching scales with clients (c=8 at least 1.5x c=1), REST c=64 with
+    batching at least 3,000 req/s, and gRPC at least as fast as REST at every concurrency (with and without
+    batching). ``(text, met)`` per floor."""
+    rps = {(r["system"], r["concurrency"]): r["rps"] for r in results}
+    out = []
+    one, eight = rps.get(("pipeline serve REST", 1)), rps.get(("pipeline serve REST", 8))
+    if one and eight:
+        out.append((f"REST without batching, concurrency 8 / concurrency 1 throughput: {eight / one:.2f}x "
+                    f"(target: at least 1.5x)", eight >= 1.5 * one))
+    batched = rps.get(("pipeline serve REST, batching", 64))
+    if batched:
+        out.append((f"REST with batching at concurrency 64: {batched:,.0f} req/s (target: at least 3,000)",
+                    batched >= 3000))
+    for suffix in ("", ", batching"):
+        for (system, c), rest in sorted(rps.items()):
+            grpc = rps.get((f"pipeline serve gRPC{suffix}", c))
+            if system == f"pipeline serve REST{suffix}" and grpc is not None:
+                out.append((f"gRPC{suffix} / REST{suffix} at concurrency {c}: {grpc / rest:.2f}x (target: at least "
+                            f"1x)", grpc >= rest))
+    return out
 
 
 def write_docs(section: str) -> None:
