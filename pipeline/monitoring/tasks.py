@@ -31,7 +31,10 @@ def load_config(params: Mapping[str, Any]):
     from pipeline.monitoring.monitor import MonitorConfig
 
     path = Path(params["config"]) if params.get("config") else (DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None)
-    config = MonitorConfig.from_yaml(path) if path else MonitorConfig()
+    try:
+        config = MonitorConfig.from_yaml(path) if path else MonitorConfig()
+    except (ValueError, TypeError) as exc:  # a bad section stays bad: refused at once, not retried
+        raise MonitorInputError(f"{path}: monitoring: {exc}") from None
     name = params.get("model_name") or config.model_name
     if not name:
         raise MonitorInputError("no model name: set the model_name param or serving.model_name in the config")

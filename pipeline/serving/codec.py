@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import math
 from typing import Any
@@ -190,8 +191,10 @@ def decode_b64(val: Any) -> bytes:
         raise invalid("Unable to base64 decode") from None
 
 
+@functools.lru_cache(maxsize=None)
 def _converter(dtype: int):
-    """A function checking and converting one JSON leaf for a signature dtype (``AddValueToTensor``)."""
+    """A function checking and converting one JSON leaf for a signature dtype (``AddValueToTensor``); one per
+    dtype, built once (building it per request was 6 µs a column)."""
     if dtype in (DT_FLOAT, DT_DOUBLE):
         max_int = 2**24 - 1 if dtype != DT_DOUBLE else 2**53 - 1
         target = "double" if dtype == DT_DOUBLE else "float"

@@ -117,7 +117,7 @@ class RestApp:
                     raise invalid(f"Malformed request: {method} {path}")
                 version = _version(version_text)
                 label = unquote(label) if label is not None else None
-                return 200, await self._infer(verb, model, version, label, body, request_id or new_request_id(),
+                return 200, await self._infer(verb, model, version, label, body, request_id,
                                               started)
             match = _GET.fullmatch(path) if method == "GET" else None
             if match is not None:
@@ -156,7 +156,7 @@ class RestApp:
         }, indent=1).encode()
 
     async def _infer(self, verb: str, model: str, version: int | None, label: str | None, body: bytes,
-                     request_id: str, started: float) -> bytes:
+                     request_id: str | None, started: float) -> bytes:
         """One predict/classify/regress. Nothing slow runs on the event loop, which serves every connection
         (status and metrics included): the model call runs on the batcher or the REST pool under
         ``--rest_api_timeout_in_ms``, and a body of ``LARGE_BODY`` bytes or more is parsed (and its answer
@@ -175,7 +175,7 @@ class RestApp:
         return payload
 
     def _prepare(self, verb: str, model: str, version: int | None, label: str | None, body: bytes,
-                 request_id: str):
+                 request_id: str | None):
         """Parse and check a request: ``(servable, signature, inputs, finish)``, where ``finish(outputs)`` is the
         response body (and logs the request when it is sampled)."""
         service = self.service
@@ -190,7 +190,8 @@ class RestApp:
 
             def finish(outputs):
                 if sampled:
-                    service.log_request(request_id, servable, signature_name, "rest", inputs, outputs)
+                    service.log_request(request_id or new_request_id(), servable, signature_name, "rest", inputs,
+                                        outputs)
                 return codec.predict_response(outputs, fmt)
         else:
             context, examples = codec.examples_from_json(doc)

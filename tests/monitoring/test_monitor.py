@@ -122,6 +122,20 @@ def test_monitor_config_from_yaml(tmp_path):
         MonitorConfig.from_yaml(path)
 
 
+def test_a_bad_monitoring_section_is_a_refusal_naming_the_file(tmp_path):
+    """The drift monitor's first task turns MonitorInputError into an immediate failure (no retry): a bad section
+    must arrive as one, naming the file."""
+    from pipeline.monitoring.tasks import MonitorInputError, load_config
+
+    path = tmp_path / "p.yaml"
+    path.write_text("serving: {model_name: pengs}\nmonitoring: {retraining: {cooldown_hourz: 2}}\n")
+    with pytest.raises(MonitorInputError, match=f"{path}: monitoring: unknown monitoring settings"):
+        load_config({"config": str(path)})
+    path.write_text("serving: {model_name: pengs}\nmonitoring: {performance: {min_labels: lots}}\n")
+    with pytest.raises(MonitorInputError, match="monitoring: invalid literal"):
+        load_config({"config": str(path)})
+
+
 def test_cli_monitor_json_on_a_file_and_on_the_request_log(tmp_path, lineage_path, monkeypatch, capsys):
     from pipeline.cli import main
 

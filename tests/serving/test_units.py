@@ -170,3 +170,22 @@ def test_request_log_sampling_and_columnar_records(tmp_path):
     (record,) = [json.loads(line) for line in path.read_text().splitlines()]
     assert record["row"] == 0 and record["features"] == {"a": [1.0, 2.0], "b": ["x"]}
     assert record["outputs"] == {"y": [3.0]} and record["model_version"] == 2
+
+
+def test_request_tensors_read_without_tensorflow_equal_make_ndarray():
+    """The fast path of tensor_from_proto (typed *_val fields) gives what tf.make_ndarray gives, dtype and shape
+    included; tensor_content and other encodings still go through TensorFlow."""
+    import tensorflow as tf
+
+    from pipeline.serving.service import tensor_from_proto
+
+    cases = [np.array([1.5, 2.0], np.float32), np.array([[1, 2], [3, 4]], np.int64), np.array([b"a", b"bc"], object),
+             np.array([True, False]), np.array(3.0, np.float64), np.array([7], np.int32), np.array([["x"]], object),
+             np.zeros((0, 3), np.float32), np.array([1.0, 2.0], np.float16)]
+    for case in cases:
+        typed = tf.make_tensor_proto(case.tolist() if case.ndim else case.item(), dtype=tf.as_dtype(case.dtype),
+                                     shape=case.shape)
+        for proto in (tf.make_tensor_proto(case), typed):
+            got, want = tensor_from_proto(proto, "x"), tf.make_ndarray(proto)
+            want = want.astype(object) if want.dtype.kind == "S" else want
+            assert got.dtype == want.dtype and got.shape == want.shape and (got == want).all(), (case, got, want)
