@@ -27,6 +27,7 @@ TASKS = ("classification", "regression")
 SPLIT_STRATEGIES = ("stratified", "random", "hash", "time")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PROMOTION_RULES = ("manual", "immediate")
+# the allowed values of the keys below, used as their types (``Literal[OPTIMIZERS]``)
 LR_SCHEDULES = ("warmup_cosine", "constant")
 CLASS_WEIGHTS = ("auto", "balanced", "none")
 RARE_CLASS_RULES = ("error", "merge", "drop")
@@ -138,7 +139,7 @@ class SplitConfig:
     val: Annotated[Float, Field(ge=0, lt=1)] = 0.15
     test: Annotated[Float, Field(gt=0, lt=1)] = 0.15
     seed: Seed = 42
-    strategy: Literal["stratified", "random", "hash", "time"] = "stratified"
+    strategy: Literal[SPLIT_STRATEGIES] = "stratified"
     key_column: Optional[Name] = None
     time_column: Optional[Name] = None
 
@@ -182,17 +183,17 @@ class TrainingConfig:
 
     epochs: Optional[Annotated[Int, Field(ge=1, le=10000)]] = None
     batch_size: Optional[Annotated[Int, Field(ge=1, le=65536)]] = None
-    optimizer: Literal["adam", "adamw", "sgd", "rmsprop"] = "adamw"
+    optimizer: Literal[OPTIMIZERS] = "adamw"
     learning_rate: Annotated[Float, Field(gt=0, le=10)] = 0.002
     weight_decay: Annotated[Float, Field(ge=0, lt=1)] = 1e-4   # AdamW only
-    lr_schedule: Literal["warmup_cosine", "constant"] = "warmup_cosine"
+    lr_schedule: Literal[LR_SCHEDULES] = "warmup_cosine"
     warmup_fraction: Annotated[Float, Field(ge=0, lt=1)] = 0.05  # of the planned steps, for warmup_cosine
     early_stopping_patience: Optional[Annotated[Int, Field(ge=1)]] = None
     step_budget: Annotated[Int, Field(ge=1)] = 6000
     min_epochs: Annotated[Int, Field(ge=1, le=10000)] = 10
     max_epochs: Annotated[Int, Field(ge=1, le=10000)] = 200
     max_minutes: Optional[Annotated[Float, Field(gt=0, le=10080)]] = None
-    class_weight: Literal["auto", "balanced", "none"] = "auto"  # see pipeline.preprocess.class_weights
+    class_weight: Literal[CLASS_WEIGHTS] = "auto"  # see pipeline.preprocess.class_weights
     mixed_precision: StrictBool = False
     seed: Seed = 42
 
@@ -210,7 +211,7 @@ class LabelsConfig:
     ``merged_class`` (``merge``) or dropped (``drop``)."""
 
     min_class_rows: Annotated[Int, Field(ge=1)] = 5
-    rare_classes: Literal["error", "merge", "drop"] = "error"
+    rare_classes: Literal[RARE_CLASS_RULES] = "error"
     merged_class: Name = "other"
 
 
@@ -243,7 +244,7 @@ class DeployConfig:
     keep_versions: Annotated[Int, Field(ge=1)] = 5            # retention: the newest N versions stay (plus the aliased)
     canary: StrictBool = False                  # publish new versions as `challenger` (label canary), not champion
     # canary -> stable: manual (`pipeline promote`) | immediate
-    promotion_rule: Literal["manual", "immediate"] = "manual"
+    promotion_rule: Literal[PROMOTION_RULES] = "manual"
     allow_signature_change: StrictBool = False  # let a candidate change the champion's serving signature
     warmup_rows: Annotated[Int, Field(ge=0)] = 5              # rows of the test split written as warmup requests
     ready_timeout_s: Annotated[Float, Field(gt=0)] = 300.0    # how long the validation server may take to load it
@@ -263,7 +264,7 @@ class PipelineConfig:
     name: Name
     source: Name
     label: Name
-    task: Optional[Literal["classification", "regression"]] = None
+    task: Optional[Literal[TASKS]] = None
     features: FeaturesConfig = FeaturesConfig()
     labels: LabelsConfig = LabelsConfig()
     split: SplitConfig = SplitConfig()

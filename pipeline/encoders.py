@@ -78,10 +78,6 @@ def _define() -> dict[str, type]:
             super().__init__(**kwargs)
             self.boundaries = [float(b) for b in boundaries]
 
-        @property
-        def size(self) -> int:
-            return len(self.boundaries) + 2
-
         def call(self, x):
             x = tf.cast(tf.reshape(x, [-1]), tf.float32)
             b = tf.constant(self.boundaries, tf.float32)

@@ -273,7 +273,7 @@ def fit_preprocessing(train_df: "pd.DataFrame", spec: FeatureSpec,
         kind, values = spec.kind(col), arrays[col]
         if kind == NUMERIC:
             numeric[col] = _quantiles(values)
-            ids = _value_ids(values, opts) if opts.value_ids else None
+            ids = _value_ids(values, opts)  # None with value_ids: 0
             if ids:
                 value_ids[col] = ids
         elif kind == BOOLEAN:

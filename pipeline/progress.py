@@ -96,7 +96,7 @@ def watch_airflow_tasks() -> _TaskListener | None:
     return _LISTENER
 
 
-def keras_callback(monitor: str = "val_loss", every_s: float = 0.25):
+def keras_callback(every_s: float = 0.25):
     """A Keras callback emitting ``fit`` (epochs and steps planned), ``batch`` (at most every ``every_s``) and
     ``epoch`` events (its logs: loss, the validation metrics)."""
     import keras

@@ -38,8 +38,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def run_conf(args: argparse.Namespace) -> dict:
-    from pathlib import Path
-
     try:
         conf = json.loads(args.conf)
     except json.JSONDecodeError as exc:
@@ -87,8 +85,6 @@ def _parse_dag(dag_id: str):
     """The DAG parsed from ``<dags folder>/<dag_id>.py`` alone, as ``airflow dags test`` parses it but without
     writing the bundle to the database first: ``dag.test`` writes it again anyway. None when the embedded
     ``dags-folder`` bundle or that file is not there (then Airflow's own lookup runs)."""
-    from pathlib import Path
-
     from airflow.dag_processing.bundles.manager import DagBundlesManager
     from airflow.dag_processing.dagbag import BundleDagBag
     from airflow.sdk.definitions._internal.dag_parsing_context import _airflow_parsing_context_manager

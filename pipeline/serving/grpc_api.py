@@ -20,8 +20,8 @@ from pipeline.serving.errors import ServingError, from_exception, invalid
 from pipeline.serving.options import model_configs_from_proto
 from pipeline.serving.request_log import new_request_id
 from pipeline.serving.servable import CLASSIFY_METHOD, DEFAULT_SIGNATURE, REGRESS_METHOD, Servable
-from pipeline.serving.service import (Service, classification_rows, regression_values, serialized_examples,
-                                      tensor_from_proto, tensor_to_proto)
+from pipeline.serving.service import (Service, classification_rows, examples_inputs, regression_values,
+                                      serialized_examples, tensor_from_proto, tensor_to_proto)
 
 LARGE_REQUEST = 64 << 10  # requests from this size are converted to tensors off the event loop
 
@@ -158,8 +158,8 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         servable = self.service.manager.resolve(name, version, label)
         signature = servable.signature_for(request.model_spec.signature_name, method)
         examples = await self._off_loop_if_large(request, serialized_examples, request.input)
-        outputs = await self.service.run_examples_async(servable, signature, examples, _remaining(context),
-                                                        self.executor)
+        outputs = await self.service.call_async(servable, signature, examples_inputs(signature, examples),
+                                                _remaining(context), self.executor)
         return servable, outputs, len(examples)
 
     async def Classify(self, request, context):

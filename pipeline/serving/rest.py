@@ -17,8 +17,8 @@ from pipeline.serving import codec
 from pipeline.serving.errors import HTTP_STATUS, ServingError, from_exception, invalid
 from pipeline.serving.request_log import new_request_id
 from pipeline.serving.servable import CLASSIFY_METHOD, REGRESS_METHOD, Servable
-from pipeline.serving.service import (Service, classification_rows, examples_to_protos, regression_values,
-                                      signature_def_json)
+from pipeline.serving.service import (Service, classification_rows, examples_inputs, examples_to_protos,
+                                      regression_values, signature_def_json)
 
 _POST = re.compile(r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)",
                    re.IGNORECASE)
@@ -199,9 +199,7 @@ class RestApp:
             servable = service.manager.resolve(model, version, label)
             method = CLASSIFY_METHOD if verb == "classify" else REGRESS_METHOD
             signature = servable.signature_for(signature_name, method)
-            if len(signature.inputs) != 1:
-                raise invalid("Expected one input Tensor.")
-            inputs = {next(iter(signature.inputs)): serialized}
+            inputs = examples_inputs(signature, serialized)
 
             def finish(outputs):
                 if verb == "classify":

@@ -65,7 +65,7 @@ class Service:
                 request = getattr(log, kind).request
                 method = CLASSIFY_METHOD if kind == "classify_log" else REGRESS_METHOD
                 signature = servable.signature_for(request.model_spec.signature_name, method)
-                self.run_examples(servable, signature, serialized_examples(request.input))
+                servable.run(signature, examples_inputs(signature, serialized_examples(request.input)))
             else:
                 raise invalid(f"Unsupported log_type for warmup: {kind}")
             count += 1
@@ -91,17 +91,6 @@ class Service:
     def _observe_batch(self, model: str, version: str, signature: str, rows: int) -> None:
         self.metrics.batch_size.observe(rows, model, version, signature)
 
-    def call(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
-             timeout: float | None) -> dict[str, np.ndarray]:
-        """Run a signature from a worker thread (gRPC), batched when batching is on."""
-        future = self.submit(servable, signature, inputs)
-        if future is None:
-            return servable.run(signature, inputs)
-        try:
-            return future.result(timeout=timeout)
-        except TimeoutError:
-            raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-
     async def call_async(self, servable: Servable, signature: Signature, inputs: dict[str, np.ndarray],
                          timeout: float | None, executor: Executor) -> dict[str, np.ndarray]:
         """Run a signature for a request handled on the event loop: on the batcher when batching, else on
@@ -114,21 +103,6 @@ class Service:
             return await asyncio.wait_for(asyncio.wrap_future(future), timeout)
         except asyncio.TimeoutError:
             raise ServingError(Code.DEADLINE_EXCEEDED, "Deadline Exceeded") from None
-
-    async def run_examples_async(self, servable: Servable, signature: Signature, examples: np.ndarray,
-                                 timeout: float | None, executor: Executor) -> dict[str, np.ndarray]:
-        if len(signature.inputs) != 1:
-            raise invalid("Expected one input Tensor.")
-        return await self.call_async(servable, signature, {next(iter(signature.inputs)): examples}, timeout,
-                                     executor)
-
-    def run_examples(self, servable: Servable, signature: Signature, examples: np.ndarray,
-                     timeout: float | None = None) -> dict[str, np.ndarray]:
-        """Classify/regress: feed serialized tf.Examples to the signature's single string input."""
-        if len(signature.inputs) != 1:
-            raise invalid("Expected one input Tensor.")
-        alias = next(iter(signature.inputs))
-        return self.call(servable, signature, {alias: examples}, timeout)
 
     # ----------------------------------------------------------------------------- observability
     def record(self, model: str, version: str, entrypoint: str, api: str, status: str, started: float) -> None:
@@ -163,6 +137,13 @@ class Service:
 # DataType -> (numpy dtype, TensorProto repeated field) of the typed fields read without TensorFlow
 _FAST_FIELDS = {1: (np.float32, "float_val"), 2: (np.float64, "double_val"), 3: (np.int32, "int_val"),
                 9: (np.int64, "int64_val"), 10: (np.bool_, "bool_val"), 7: (object, "string_val")}
+
+
+def examples_inputs(signature: Signature, examples: np.ndarray) -> dict[str, np.ndarray]:
+    """Classify/regress: serialized tf.Examples as the signature's single string input."""
+    if len(signature.inputs) != 1:
+        raise invalid("Expected one input Tensor.")
+    return {next(iter(signature.inputs)): examples}
 
 
 def tensor_from_proto(proto, alias: str) -> np.ndarray:
