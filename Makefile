@@ -8,7 +8,7 @@ export PIPELINE_HOME ?= $(CURDIR)/.pipeline
 # Airflow starts `airflow` subprocesses by name: the venv's bin/ must be on PATH.
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: venv demo test test-fast mlflow-ui airflow serve bench clean
+.PHONY: venv demo test test-fast test-production system-packages mlflow-ui airflow serve bench clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,19 @@ test: venv
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not e2e"
+
+# The production topology as processes (scripts/topology.py: Postgres, Redis, Airflow with Celery workers, MLflow with
+# auth, the model server) and the tests on it; the production extras go into .venv, PostgreSQL and Redis into the system.
+PROD_STAMP := $(VENV)/.installed-production
+$(PROD_STAMP): $(STAMP) docker/requirements-prod.txt
+	$(BIN)/python -m pip install --quiet -r requirements.txt -r docker/requirements-prod.txt
+	touch $(PROD_STAMP)
+
+system-packages:
+	bash scripts/system-packages.sh
+
+test-production: $(PROD_STAMP) system-packages
+	PIPELINE_TEST_PRODUCTION=1 $(BIN)/python -m pytest -q --durations=5 tests/production
 
 mlflow-ui: venv
 	$(BIN)/python -m pipeline.tracking ui

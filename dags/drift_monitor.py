@@ -119,4 +119,4 @@ def drift_monitor():
     emit_drift(decide(resolved, analysed))
 
 
-drift_monitor()
+drift_monitor_dag = drift_monitor()  # at module level: `pipeline monitor` imports this file and runs it

@@ -180,4 +180,4 @@ def training_pipeline():
     deploy(exported, registered)
 
 
-training_pipeline()
+training_pipeline_dag = training_pipeline()  # at module level: `pipeline train` imports this file and runs it

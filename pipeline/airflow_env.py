@@ -101,35 +101,3 @@ def finish_db(proc: subprocess.Popen | None, env: dict[str, str] | None = None) 
 def _marker() -> Path:
     """Names the database last migrated from this home (so that :func:`start_db` skips a current one)."""
     return paths.airflow_home() / ".db-migrated"
-
-
-def in_process_api_newest_version_only() -> bool:
-    """Make the task execution API that ``dag.test`` serves in this process build the routes of the newest API
-    version only, the one its in-process client speaks; returns whether it applied.
-
-    Airflow builds the routes and schemas of every API version it still supports (Cadwyn; 9 versions and 364
-    routes in 3.3) on the first request, for clients of older Airflow releases that an in-process run never
-    has: 4.0 s of every ``pipeline train`` against 0.6 s for the newest version alone (2-core machine). The
-    newest version's routes are the current code's, unchanged; the routes kept only for older clients (marked
-    ``only_exists_in_older_versions``) are left out. Applied only when the client's version is the newest one
-    and nothing differs between it and the code's head version, and only in this process: the API server of a
-    deployment (scheduler, workers) is not touched.
-    """
-    try:
-        from cadwyn import HeadVersion, Version, VersionBundle
-        from cadwyn.route_generation import _DELETED_ROUTE_TAG
-
-        from airflow.api_fastapi.execution_api import routes, versions
-        from airflow.sdk.api.datamodels._generated import API_VERSION
-
-        bundle = versions.bundle
-        newest = bundle.versions[0].value
-        if str(newest) != API_VERSION or bundle.head_version.changes:
-            return False
-        router = routes.execution_api_router
-        kept = [r for r in router.routes if _DELETED_ROUTE_TAG not in (getattr(r, "tags", None) or ())]
-        versions.bundle = VersionBundle(HeadVersion(), Version(newest))
-        router.routes[:] = kept
-        return True
-    except (ImportError, AttributeError, IndexError, TypeError, ValueError):
-        return False

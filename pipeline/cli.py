@@ -11,6 +11,7 @@ import sys
 # sub-command -> (module, function taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("pipeline.commands.train", "main", "run the training_pipeline DAG through Airflow"),
+    "trigger": ("pipeline.commands.trigger", "main", "run training_pipeline on a running Airflow over its REST API"),
     "serve": ("pipeline.serving.__main__", "main", "TensorFlow Serving-compatible model server"),
     "monitor": ("pipeline.commands.monitor", "main", "drift of served traffic against the training data"),
     "airflow": ("pipeline.commands.airflow_ui", "main", "Airflow scheduler and UI on the embedded defaults"),
@@ -23,25 +24,15 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 
 # Commands whose process ends without interpreter teardown once they return (see exit_now).
 FAST_EXIT = {"train", "serve"}
+# The exit statuses of a command that SIGINT or SIGTERM stopped (128 + the signal): it ends as fast, whichever it is.
+INTERRUPTED = {130, 143}
 
 
 def exit_now(code: int) -> None:
-    """End the process now, without finalizing every module TensorFlow, Airflow and MLflow loaded.
+    """End the process now, without interpreter teardown (``pipeline.internals.exit_without_teardown``)."""
+    from pipeline.internals import exit_without_teardown
 
-    That teardown took 3-4 s after ``pipeline train`` had printed its summary, and 1 s after the server had
-    stopped (measured on a 2-core machine). By then everything is committed (Airflow's and MLflow's databases,
-    model directories, the request log); the atexit handlers (log handlers, database pools) still run.
-    """
-    import atexit
-    import os
-
-    atexit._run_exitfuncs()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
+    exit_without_teardown(code)
 
 
 def _usage() -> str:
@@ -62,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, func, _ = COMMANDS[name]
     code = int(getattr(importlib.import_module(module), func)(rest) or 0)
-    if from_command_line and name in FAST_EXIT:
+    if from_command_line and (name in FAST_EXIT or code in INTERRUPTED):
         exit_now(code)
     return code
 

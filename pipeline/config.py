@@ -139,7 +139,8 @@ class SplitConfig:
     val: Annotated[Float, Field(ge=0, lt=1)] = 0.15
     test: Annotated[Float, Field(gt=0, lt=1)] = 0.15
     seed: Seed = 42
-    strategy: Literal[SPLIT_STRATEGIES] = "stratified"
+    # hash: a row keeps its split when rows are appended (the champion is never scored on its training rows)
+    strategy: Literal[SPLIT_STRATEGIES] = "hash"
     key_column: Optional[Name] = None
     time_column: Optional[Name] = None
 
@@ -147,8 +148,6 @@ class SplitConfig:
     def _consistent(self) -> "SplitConfig":
         if abs(self.train + self.val + self.test - 1) > 1e-6:
             raise ValueError(f"ratios must sum to 1 (got train={self.train}, val={self.val}, test={self.test})")
-        if self.strategy == "hash" and not self.key_column:
-            raise ValueError("key_column: required by strategy 'hash' (the column whose hash assigns the rows)")
         if self.strategy == "time" and not self.time_column:
             raise ValueError("time_column: required by strategy 'time' (the column the rows are ordered by)")
         return self

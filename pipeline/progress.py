@@ -6,8 +6,9 @@ nothing is recorded when no view is attached (a task run by a Celery worker or t
 
 :class:`LiveView` draws them: on a terminal one line per task (state and duration) and a bar for the epochs with
 the loss and the validation metric, redrawn in place (``rich``); elsewhere plain lines, one per task state and
-one per epoch. :func:`captured_output` sends everything else this process and its children write (Airflow's,
-MLflow's and TensorFlow's logs) to a file while the view has the terminal.
+one per epoch, and why the run is stopping when SIGINT or SIGTERM stopped it (an ``interrupted`` event,
+``pipeline.commands.train.stop_on_signals``). :func:`captured_output` sends everything else this process and
+its children write (Airflow's, MLflow's and TensorFlow's logs) to a file while the view has the terminal.
 """
 from __future__ import annotations
 
@@ -48,12 +49,37 @@ def attached(sink: Callable[[Event], None]) -> Iterator[None]:
 
 
 class _TaskListener:
-    """Airflow task-instance hooks -> ``task`` events. Registered once per process (the listener manager keeps
-    it); with no view attached, :func:`emit` drops them."""
+    """Airflow task-instance hooks -> ``task`` events, and each task's outcome kept for :func:`task_outcomes`.
+    Registered once per process (the listener manager keeps it); with no view attached, :func:`emit` drops the
+    events."""
 
     def _emit(self, task_instance, state: str, error: Any = None) -> None:
-        emit("task", task=getattr(task_instance, "task_id", "?"), state=state,
-             error=None if error is None else _error_text(error))
+        task_id = getattr(task_instance, "task_id", "?")
+        error_text = None if error is None else _error_text(error)
+        if state == "failed" and str(getattr(task_instance, "state", "")).endswith("up_for_retry"):
+            state = "up_for_retry"
+        outcome: dict[str, Any] = {"state": state, "error": error_text}
+        if state == "success":
+            try:  # the return value, pushed to XCom before the success hook runs
+                outcome["result"] = task_instance.xcom_pull(task_ids=task_id)
+            except Exception as exc:  # noqa: BLE001 - a summary without this task's result, not a failed task
+                outcome["result_error"] = _error_text(exc)
+        key = (getattr(task_instance, "dag_id", "?"), getattr(task_instance, "run_id", "?"))
+        with _LOCK:
+            _OUTCOMES.setdefault(key, {})[task_id] = outcome
+        emit("task", task=task_id, state=state, error=error_text)
+
+
+# (dag_id, run_id) -> task_id -> {"state", "error", "result"}: what the tasks run in this process ended with.
+_OUTCOMES: dict[tuple[str, str], dict[str, dict[str, Any]]] = {}
+
+
+def task_outcomes(dag_id: str, run_id: str) -> dict[str, dict[str, Any]]:
+    """How each task of a DAG run run in this process ended, in the order they started: ``state`` (``success``,
+    ``failed``, ``up_for_retry``, ``skipped``, ``running`` while it runs), ``error`` (the failure's text) and,
+    after a success, ``result`` (its return value). Tasks that never ran (upstream failed) are absent."""
+    with _LOCK:
+        return {task: dict(outcome) for task, outcome in _OUTCOMES.get((dag_id, run_id), {}).items()}
 
 
 _LISTENER: _TaskListener | None = None
@@ -125,7 +151,7 @@ def keras_callback(every_s: float = 0.25):
 
 # -- the view ------------------------------------------------------------------------------------------------
 
-_MARKS = {"running": "…", "success": "✓", "failed": "✗", "skipped": "-", "upstream_failed": "-"}
+_MARKS = {"running": "…", "success": "✓", "failed": "✗", "up_for_retry": "↻", "skipped": "-", "upstream_failed": "-"}
 
 
 class LiveView:
@@ -142,6 +168,7 @@ class LiveView:
         self.took: dict[str, float] = {}
         self.errors: dict[str, str] = {}
         self.fit: dict[str, Any] = {}
+        self.interrupted: str | None = None  # why the run is stopping (an ``interrupted`` event: SIGINT, SIGTERM)
         self._lock = threading.Lock()
         self._live = None
 
@@ -160,6 +187,10 @@ class LiveView:
                 self.fit.update(epoch=event["epoch"], step=self.fit.get("steps") or 0, logs=event["logs"])
                 if not self.tty:
                     self._line(f"  train: {self._epoch_text()}")
+            elif kind == "interrupted":
+                self.interrupted = event["text"]
+                if not self.tty:
+                    self._line(self.interrupted)
             if self._live is not None:
                 self._live.update(self._renderable())
 
@@ -176,7 +207,7 @@ class LiveView:
             self.errors[task] = event["error"]
         if not self.tty:
             self._line(self._task_text(task))
-            if task in self.errors and state == "failed":
+            if task in self.errors and state in ("failed", "up_for_retry"):
                 self._line(f"    {self.errors[task]}")
 
     # text
@@ -208,7 +239,7 @@ class LiveView:
             took = self.took.get(task)
             if took is None and state == "running":
                 took = time.monotonic() - self.started.get(task, time.monotonic())
-            style = {"success": "green", "failed": "red", "running": "yellow"}.get(state, "dim")
+            style = {"success": "green", "failed": "red", "running": "yellow", "up_for_retry": "yellow"}.get(state, "dim")
             table.add_row(Text(_MARKS.get(state, " "), style=style), Text(task),
                           Text(f"{state} {took:.1f}s" if took is not None else state, style=style))
         parts: list[Any] = [table]
@@ -220,6 +251,8 @@ class LiveView:
             parts.append(bar)
         for task, error in self.errors.items():
             parts.append(Text(f"{task}: {error}", style="red"))
+        if self.interrupted:
+            parts.append(Text(self.interrupted, style="bold red"))
         return Group(*parts)
 
     def _line(self, text: str) -> None:
@@ -236,6 +269,7 @@ class LiveView:
             self._live = Live(self._renderable(), console=console, refresh_per_second=4, transient=False,
                               redirect_stdout=False, redirect_stderr=False)  # the logs go to the file
             self._live.__enter__()
+            _REDRAWN.append(self.stream)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -244,6 +278,18 @@ class LiveView:
                 self._live.update(self._renderable())
             self._live.__exit__(*exc)
             self._live = None
+            _REDRAWN.remove(self.stream)
+
+
+_REDRAWN: list[TextIO] = []  # the terminals a LiveView is redrawing now, its cursor hidden
+
+
+def release_terminal() -> None:
+    """Show the cursor again on the terminals being redrawn, for a process about to end without closing its
+    views (a second Ctrl-C). Only ``os.write``: safe inside a signal handler, even one that interrupted a draw."""
+    for stream in list(_REDRAWN):
+        with contextlib.suppress(OSError, ValueError):
+            os.write(stream.fileno(), b"\x1b[?25h\n")
 
 
 @contextlib.contextmanager

@@ -1,13 +1,14 @@
 """Split: deterministic train/val/test partitions (same data and seed, same split).
 
-Strategies: ``stratified`` (per label class, for classification), ``random``, ``hash`` (a stable hash of a key
-column, so a row keeps its split when data is appended) and ``time`` (oldest rows train, newest test).
+Strategies: ``hash`` (the default: a stable hash of each row's values, or of ``key_column``, so a row keeps its
+split when data is appended, as a retraining on newly labelled rows does), ``stratified`` (per label class, for
+classification; a shuffle, so appended rows move others between splits), ``random`` and ``time`` (oldest rows
+train, newest test).
 Rows without a label are dropped first: they cannot be trained or scored on; classes too rare to split are
 merged or dropped when the config says so (``labels``).
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,15 +53,9 @@ def assign_splits(df: "pd.DataFrame", label: str, cfg: SplitConfig, task: str) -
         shuffled = rng.permutation(df.index.to_numpy())
         result.loc[shuffled] = _assign_ordered(len(shuffled), cfg)
     elif cfg.strategy == "hash":
-        if cfg.key_column not in df.columns:
+        if cfg.key_column and cfg.key_column not in df.columns:
             raise ValueError(f"split.key_column {cfg.key_column!r} is not a column of the data")
-        salt = str(cfg.seed).encode()
-
-        def bucket(value) -> float:
-            digest = hashlib.sha256(salt + str(value).encode()).digest()
-            return int.from_bytes(digest[:8], "big") / 2**64
-
-        u = df[cfg.key_column].map(bucket)
+        u = row_hash_unit(df[[cfg.key_column]] if cfg.key_column else df, cfg.seed)
         result[:] = np.where(u < cfg.train, "train", np.where(u < cfg.train + cfg.val, "val", "test"))
     elif cfg.strategy == "time":
         if cfg.time_column not in df.columns:
@@ -70,6 +65,34 @@ def assign_splits(df: "pd.DataFrame", label: str, cfg: SplitConfig, task: str) -
     else:
         raise ValueError(f"unknown split strategy {cfg.strategy!r}")
     return result
+
+
+def row_hash_unit(df: "pd.DataFrame", seed: int):
+    """A number in [0, 1) per row, a stable hash of the row's values salted by ``seed``: the same row gets the
+    same number in every run and whatever other rows the table holds, so a row keeps its split when rows are
+    appended (a retraining on newly labelled rows scores the champion only on rows it never trained on).
+
+    Columns are taken in name order; numbers (and booleans) are hashed as float64 and everything else as text,
+    so a row does not move when its column's dtype widens (int -> float once a value is missing)."""
+    import numpy as np
+    import pandas as pd
+
+    canonical = {}
+    for col in sorted(df.columns, key=str):
+        values = df[col]
+        if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
+            canonical[str(col)] = values.astype("float64")
+        else:
+            canonical[str(col)] = values.astype(object).where(values.notna(), None).astype(str)
+    hashed = pd.util.hash_pandas_object(pd.DataFrame(canonical, index=df.index), index=False).to_numpy(np.uint64)
+    # Salted by the seed, then mixed (splitmix64's finalizer), so that every bit of the seed moves every row:
+    # pandas' hash key only salts text columns.
+    with np.errstate(over="ignore"):
+        h = hashed ^ np.uint64((int(seed) * 0x9E3779B97F4A7C15) % 2**64)
+        h = (h ^ (h >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        h = (h ^ (h >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        h = h ^ (h >> np.uint64(31))
+    return (h >> np.uint64(11)).astype(np.float64) / np.float64(2.0**53)
 
 
 def prepare_labels(df: "pd.DataFrame", label: str, task: str, labels: LabelsConfig = LabelsConfig()

@@ -1,19 +1,25 @@
-"""The body of each Airflow task: read the config, open the stage's MLflow run, call the stage, log, and
-return a small reference (paths, ids, a few numbers) for the next task. No data goes through XCom.
+"""The body of each Airflow task: the stage call and its logging, for the next task a small reference (paths,
+ids, a few numbers). No data goes through XCom.
 
-Each function takes the run's ``params`` and a :class:`RunContext`, plus the previous tasks' return values,
-and writes its outputs under paths keyed by the DAG run, overwriting a previous attempt: retried tasks are
-idempotent. The stage logic itself lives in the stage modules and knows nothing of Airflow or MLflow.
+Each task is ``(params, ctx, *upstream)``: the run's ``params``, a :class:`RunContext` and the previous tasks'
+references. :func:`stage_task` does what every task does first (read the run's config snapshot, find the DAG
+run's MLflow run, open the stage's nested run) and hands the body a :class:`Stage`. Outputs go under paths keyed
+by the DAG run, overwriting a previous attempt: retried tasks are idempotent. The stage logic itself lives in
+the stage modules and knows nothing of Airflow or MLflow.
 """
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 from pipeline import memory, paths, progress
 from pipeline.config import PipelineConfig, from_dict, load_config
+
+if TYPE_CHECKING:
+    from pipeline.model_card import ModelCard
 
 STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register", "deploy")
 # Params of the trigger form that override dotted config keys (see dags/training_pipeline.py).
@@ -100,6 +106,44 @@ def drift_run_params(params: Mapping[str, Any], drift_events: Sequence[Mapping[s
     return params
 
 
+@dataclass(frozen=True)
+class Stage:
+    """What a stage's task body is handed: the run's resolved config, its identity, and the DAG run's MLflow run
+    (``parent_run_id``; the stage's own nested run is the active MLflow run while the body runs)."""
+
+    cfg: PipelineConfig
+    ctx: RunContext
+    parent_run_id: str
+
+
+def stage_task(name: str, mlflow_run: bool = True) -> Callable:
+    """Turn ``body(stage: Stage, *upstream, **kw) -> dict`` into the task ``(params, ctx, *upstream, **kw) ->
+    dict``: the config is read from the run's snapshot (:func:`load_run_config`), the DAG run's MLflow run is
+    taken from the first upstream reference (or found or created, for the first stage), the stage's nested
+    MLflow run is active around the body (unless ``mlflow_run`` is false: the stage opens its own), and the
+    returned reference carries ``parent_run_id`` for the next task."""
+    def wrap(body: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        @functools.wraps(body)
+        def task(params: Mapping[str, Any], ctx: RunContext, *upstream: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
+            from pipeline import tracking
+
+            cfg = load_run_config(params, ctx)
+            if upstream:
+                parent = upstream[0]["parent_run_id"]
+            else:
+                parent = tracking.parent_run(cfg.name, ctx.dag_id, ctx.run_id, ctx.logical_date, cfg.to_dict())
+            current = Stage(cfg, ctx, parent)
+            if not mlflow_run:
+                return {"parent_run_id": parent, **body(current, *upstream, **kw)}
+            with tracking.stage_run(parent, name):
+                return {"parent_run_id": parent, **body(current, *upstream, **kw)}
+
+        task.stage = name
+        return task
+
+    return wrap
+
+
 def _write_json(path: Path, payload: Any) -> str:
     from pipeline.atomic import write_json_atomic
 
@@ -112,161 +156,159 @@ def _read_frame(path: str):
     return pd.read_parquet(path)
 
 
-def ingest_task(params: Mapping[str, Any], ctx: RunContext,
-                drift_events: Sequence[Mapping[str, Any] | None] = ()) -> dict[str, Any]:
+@stage_task("ingest")
+def ingest_task(st: Stage, drift_events: Sequence[Mapping[str, Any] | None] = ()) -> dict[str, Any]:
     """Snapshot the configured source; a run triggered by the drift monitor appends the newly labelled rows
     that its ``drift_events`` (the triggering Asset events' extras) name."""
     import mlflow
+    from mlflow.entities import DatasetInput, InputTag
 
     from pipeline import tracking
     from pipeline.ingest import ingest
     from pipeline.monitoring.loop import append_labelled, labelled_data_paths
 
-    cfg = load_run_config(params, ctx)
-    parent = tracking.parent_run(cfg.name, ctx.dag_id, ctx.run_id, ctx.logical_date, cfg.to_dict() | {})
-    with tracking.stage_run(parent, "ingest"):
-        mlflow.log_params({"source": cfg.source, "label": cfg.label})
-        snap = ingest(cfg.source, ctx.data_dir, label=cfg.label)
-        labelled = labelled_data_paths(drift_events, cfg.serving.model_name)
-        if labelled:
-            source_rows = snap.rows
-            snap = append_labelled(snap, labelled)
-            mlflow.log_params({"labelled_data": ",".join(labelled)[:6000], "source_rows": source_rows})
-        df = _read_frame(snap.path)
-        dataset = mlflow.data.from_pandas(df, source=snap.source, name=cfg.name, targets=cfg.label
-                                          if cfg.label in df.columns else None, digest=snap.digest[:16])
-        mlflow.log_input(dataset, context="training")
-        # On the parent run too, so the runs table shows which data each DAG run trained on.
-        from mlflow.entities import DatasetInput, InputTag
-
-        tracking.client().log_inputs(parent, datasets=[DatasetInput(dataset._to_mlflow_entity(),
-                                                                    [InputTag("mlflow.data.context", "training")])])
-        mlflow.log_metrics({"rows": snap.rows, "columns": len(snap.columns)})
-        mlflow.log_params({"snapshot": snap.path, "digest": snap.digest})
-    return {"parent_run_id": parent, "snapshot": snap.path, "digest": snap.digest, "rows": snap.rows,
-            "source": snap.source, "labelled_data": labelled}
+    cfg = st.cfg
+    mlflow.log_params({"source": cfg.source, "label": cfg.label})
+    snap = ingest(cfg.source, st.ctx.data_dir, label=cfg.label)
+    labelled = labelled_data_paths(drift_events, cfg.serving.model_name)
+    if labelled:
+        source_rows = snap.rows
+        snap = append_labelled(snap, labelled)
+        mlflow.log_params({"labelled_data": ",".join(labelled)[:6000], "source_rows": source_rows})
+    df = _read_frame(snap.path)
+    dataset = mlflow.data.from_pandas(df, source=snap.source, name=cfg.name, targets=cfg.label
+                                      if cfg.label in df.columns else None, digest=snap.digest[:16])
+    mlflow.log_input(dataset, context="training")
+    # On the parent run too, so the runs table shows which data each DAG run trained on.
+    tracking.client().log_inputs(st.parent_run_id, datasets=[
+        DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])
+    mlflow.log_metrics({"rows": snap.rows, "columns": len(snap.columns)})
+    mlflow.log_params({"snapshot": snap.path, "digest": snap.digest})
+    return {"snapshot": snap.path, "digest": snap.digest, "rows": snap.rows, "source": snap.source,
+            "labelled_data": labelled}
 
 
-def validate_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[str, Any]) -> dict[str, Any]:
+@stage_task("validate")
+def validate_task(st: Stage, ingested: Mapping[str, Any]) -> dict[str, Any]:
+    """Check the snapshot against the champion's schema (or infer one on a first run) and decide each column's
+    feature kind; blocking anomalies raise :class:`pipeline.validate.ValidationError`."""
     import mlflow
 
-    from pipeline import registry, tracking
+    from pipeline import registry
     from pipeline.export import SCHEMA_FILE
     from pipeline.validate import ValidationError, feature_table, load_schema, validate
 
-    cfg = load_run_config(params, ctx)
-    with tracking.stage_run(ingested["parent_run_id"], "validate"):
-        champion = registry.champion_dir(cfg.serving.model_name)
-        ref_path = champion[1] / "assets.extra" / SCHEMA_FILE if champion else None
-        reference = load_schema(ref_path) if ref_path is not None and ref_path.exists() else None
-        mlflow.log_param("reference_schema", f"champion v{champion[0]}" if reference else "none (first run: inferred)")
-        split_columns = tuple(c for c in (cfg.split.key_column, cfg.split.time_column) if c)
-        try:
-            result = validate(_read_frame(ingested["snapshot"]), cfg.label, cfg.task, cfg.features, cfg.labels,
-                              not_features=split_columns, reference=reference, source=ingested["source"])
-        except ValidationError as exc:
-            mlflow.log_dict({"anomalies": [a.__dict__ for a in exc.anomalies]}, "anomalies.json")
-            raise
-        schema_path = _write_json(ctx.data_dir / "schema.json", result.schema)
-        mlflow.log_dict(result.schema, "schema.json")
-        mlflow.log_dict(result.report(), "anomalies.json")
-        mlflow.log_text(feature_table(result.schema), "features.md")
-        kinds = result.schema["features"]["kinds"]
-        counts = {k: sum(1 for v in kinds.values() if v == k) for k in sorted(set(kinds.values()))}
-        mlflow.log_params({"task": result.schema["features"]["task"],
-                           "feature_kinds": ", ".join(f"{k}={v}" for k, v in counts.items()),
-                           "excluded_columns": ", ".join(result.schema["features"]["excluded"])[:6000] or "none"})
-        mlflow.log_metrics({"anomalies_blocking": len(result.blocking), "anomalies_total": len(result.anomalies),
-                            "features": len(kinds), **{f"features_{k}": v for k, v in counts.items()}})
-        for anomaly in result.anomalies:
-            print(f"validate: warning: {anomaly.column}: {anomaly.message}")
-        for col, kind in kinds.items():
-            why = result.schema["columns"][col].get("why") or "pinned in the config"
-            print(f"validate: feature {col}: {kind} ({why})")
-    return {"parent_run_id": ingested["parent_run_id"], "schema": schema_path, "features": result.schema["features"]}
+    cfg = st.cfg
+    champion = registry.champion_dir(cfg.serving.model_name)
+    ref_path = champion[1] / "assets.extra" / SCHEMA_FILE if champion else None
+    reference = load_schema(ref_path) if ref_path is not None and ref_path.exists() else None
+    mlflow.log_param("reference_schema", f"champion v{champion[0]}" if reference else "none (first run: inferred)")
+    split_columns = tuple(c for c in (cfg.split.key_column, cfg.split.time_column) if c)
+    try:
+        result = validate(_read_frame(ingested["snapshot"]), cfg.label, cfg.task, cfg.features, cfg.labels,
+                          not_features=split_columns, reference=reference, source=ingested["source"])
+    except ValidationError as exc:
+        mlflow.log_dict({"anomalies": [a.__dict__ for a in exc.anomalies]}, "anomalies.json")
+        raise
+    schema_path = _write_json(st.ctx.data_dir / "schema.json", result.schema)
+    mlflow.log_dict(result.schema, "schema.json")
+    mlflow.log_dict(result.report(), "anomalies.json")
+    mlflow.log_text(feature_table(result.schema), "features.md")
+    kinds = result.schema["features"]["kinds"]
+    counts = {k: sum(1 for v in kinds.values() if v == k) for k in sorted(set(kinds.values()))}
+    mlflow.log_params({"task": result.schema["features"]["task"],
+                       "feature_kinds": ", ".join(f"{k}={v}" for k, v in counts.items()),
+                       "excluded_columns": ", ".join(result.schema["features"]["excluded"])[:6000] or "none"})
+    mlflow.log_metrics({"anomalies_blocking": len(result.blocking), "anomalies_total": len(result.anomalies),
+                        "features": len(kinds), **{f"features_{k}": v for k, v in counts.items()}})
+    for anomaly in result.anomalies:
+        print(f"validate: warning: {anomaly.column}: {anomaly.message}")
+    for col, kind in kinds.items():
+        why = result.schema["columns"][col].get("why") or "pinned in the config"
+        print(f"validate: feature {col}: {kind} ({why})")
+    return {"schema": schema_path, "features": result.schema["features"]}
 
 
-def split_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[str, Any],
-               validated: Mapping[str, Any]) -> dict[str, Any]:
+@stage_task("split")
+def split_task(st: Stage, ingested: Mapping[str, Any], validated: Mapping[str, Any]) -> dict[str, Any]:
+    """Train, validation and test parts of the labelled rows (``split`` config: stratified, random, hash-keyed
+    or by time), written as Parquet under the run's work directory."""
     import mlflow
 
-    from pipeline import tracking
     from pipeline.split import class_balance, prepare_labels, split_frame, write_splits
 
-    cfg = load_run_config(params, ctx)
-    features = validated["features"]
-    with tracking.stage_run(validated["parent_run_id"], "split"):
-        mlflow.log_params({f"split_{k}": v for k, v in cfg.split.__dict__.items()})
-        frame = _read_frame(ingested["snapshot"])
-        labelled, dropped = prepare_labels(frame, features["label"], features["task"], cfg.labels)
-        parts = split_frame(labelled, features["label"], cfg.split, features["task"], cfg.labels)
-        mlflow.log_metrics(dropped)
-        if dropped["rows_without_label"]:
-            print(f"split: warning: {dropped['rows_without_label']} rows without a label dropped")
-        out = write_splits(parts, ctx.work_dir / "split")
-        mlflow.log_metrics({f"rows_{k}": len(v) for k, v in parts.items()})
-        if features["task"] == "classification":
-            balance = class_balance(parts, features["label"])
-            mlflow.log_dict(balance, "class_balance.json")
-            mlflow.log_metrics({f"share_{s}_{c}": v for s, shares in balance.items() for c, v in shares.items()})
-    return {"parent_run_id": validated["parent_run_id"], **out}
+    cfg, features = st.cfg, validated["features"]
+    mlflow.log_params({f"split_{k}": v for k, v in cfg.split.__dict__.items()})
+    frame = _read_frame(ingested["snapshot"])
+    labelled, dropped = prepare_labels(frame, features["label"], features["task"], cfg.labels)
+    parts = split_frame(labelled, features["label"], cfg.split, features["task"], cfg.labels)
+    mlflow.log_metrics(dropped)
+    if dropped["rows_without_label"]:
+        print(f"split: warning: {dropped['rows_without_label']} rows without a label dropped")
+    out = write_splits(parts, st.ctx.work_dir / "split")
+    mlflow.log_metrics({f"rows_{k}": len(v) for k, v in parts.items()})
+    if features["task"] == "classification":
+        balance = class_balance(parts, features["label"])
+        mlflow.log_dict(balance, "class_balance.json")
+        mlflow.log_metrics({f"share_{s}_{c}": v for s, shares in balance.items() for c, v in shares.items()})
+    return dict(out)
 
 
-def preprocess_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[str, Any],
-                    validated: Mapping[str, Any]) -> dict[str, Any]:
+@stage_task("preprocess")
+def preprocess_task(st: Stage, splits: Mapping[str, Any], validated: Mapping[str, Any]) -> dict[str, Any]:
+    """Fit the encodings (normalization, vocabularies, value ids, text) on the training part only."""
     import mlflow
 
-    from pipeline import tracking
     from pipeline.features import FeatureSpec
     from pipeline.preprocess import fit_preprocessing, save_preprocessing
 
-    cfg = load_run_config(params, ctx)
-    with tracking.stage_run(splits["parent_run_id"], "preprocess"):
-        spec = FeatureSpec.from_dict(validated["features"])
-        meta = fit_preprocessing(_read_frame(splits["train"]), spec, cfg.features)
-        out = save_preprocessing(meta, ctx.work_dir / "preprocess")
-        memory.release()
-        mspec = meta.model_spec()
-        mlflow.log_params({"numeric_features": ",".join(spec.numeric)[:6000],
-                           "string_features": ",".join(spec.categorical)[:6000],
-                           "task": spec.task, "n_classes": len(meta.class_names), "numeric_width": mspec.numeric_width,
-                           "embedded_columns": len(mspec.categorical), "text_columns": len(mspec.text)})
-        mlflow.log_dict({"encodings": meta.summary(), "class_names": meta.class_names,
-                         "class_counts": meta.class_counts}, "preprocessing.json")
-    return {"parent_run_id": splits["parent_run_id"], **out}
+    spec = FeatureSpec.from_dict(validated["features"])
+    meta = fit_preprocessing(_read_frame(splits["train"]), spec, st.cfg.features)
+    out = save_preprocessing(meta, st.ctx.work_dir / "preprocess")
+    memory.release()
+    mspec = meta.model_spec()
+    mlflow.log_params({"numeric_features": ",".join(spec.numeric)[:6000],
+                       "string_features": ",".join(spec.categorical)[:6000],
+                       "task": spec.task, "n_classes": len(meta.class_names), "numeric_width": mspec.numeric_width,
+                       "embedded_columns": len(mspec.categorical), "text_columns": len(mspec.text)})
+    mlflow.log_dict({"encodings": meta.summary(), "class_names": meta.class_names,
+                     "class_counts": meta.class_counts}, "preprocessing.json")
+    return dict(out)
 
 
-def train_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[str, Any],
-               preprocessed: Mapping[str, Any]) -> dict[str, Any]:
+@stage_task("train")
+def train_task(st: Stage, splits: Mapping[str, Any], preprocessed: Mapping[str, Any]) -> dict[str, Any]:
+    """Fit the configured Keras model (resuming from the attempt's checkpoint on a retry), every epoch logged."""
     import mlflow
 
     from pipeline import tracking
     from pipeline.preprocess import PreprocessMeta
     from pipeline.train import train
 
-    cfg = load_run_config(params, ctx)
-    with tracking.stage_run(splits["parent_run_id"], "train"):
-        mlflow.log_params({"builder": cfg.model.module or cfg.model.builder,
-                           **{f"model_{k}": v for k, v in cfg.model.params.items()},
-                           **{f"training_{k}": v for k, v in cfg.training.__dict__.items()}})
-        epochs = tracking.EpochLogger()
-        try:
-            result = train(_read_frame(splits["train"]), _read_frame(splits["val"]),
-                           PreprocessMeta.load(preprocessed["meta"]), cfg.model, cfg.training, ctx.work_dir / "train",
-                           seed=cfg.training.seed, callbacks=[epochs, progress.keras_callback()])
-        finally:
-            epochs.flush()  # the epochs of a failed attempt too
-        mlflow.log_metrics({"batch_size": result.batch_size, "planned_epochs": result.planned_epochs})
-        mlflow.log_params({"strategy": result.strategy, "precision_policy": result.precision_policy})
-        mlflow.log_metrics({"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                            "resumed_from_epoch": result.resumed_from_epoch})
-        tracking.log_figure(tracking.training_curve_figure(result.history), "training_curves.png")
+    cfg = st.cfg
+    mlflow.log_params({"builder": cfg.model.module or cfg.model.builder,
+                       **{f"model_{k}": v for k, v in cfg.model.params.items()},
+                       **{f"training_{k}": v for k, v in cfg.training.__dict__.items()}})
+    epochs = tracking.EpochLogger()
+    try:
+        result = train(_read_frame(splits["train"]), _read_frame(splits["val"]),
+                       PreprocessMeta.load(preprocessed["meta"]), cfg.model, cfg.training, st.ctx.work_dir / "train",
+                       seed=cfg.training.seed, callbacks=[epochs, progress.keras_callback()])
+    finally:
+        epochs.flush()  # the epochs of a failed attempt too
+    mlflow.log_metrics({"batch_size": result.batch_size, "planned_epochs": result.planned_epochs})
+    mlflow.log_params({"strategy": result.strategy, "precision_policy": result.precision_policy})
+    mlflow.log_metrics({"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
+                        "resumed_from_epoch": result.resumed_from_epoch})
+    tracking.log_figure(tracking.training_curve_figure(result.history), "training_curves.png")
     memory.release()  # the training data and the fit's tensors are gone: hand their pages back before evaluate
-    return {"parent_run_id": splits["parent_run_id"], "model": result.model_path, "epochs_run": result.epochs_run}
+    return {"model": result.model_path, "epochs_run": result.epochs_run}
 
 
-def evaluate_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[str, Any],
-                  preprocessed: Mapping[str, Any], trained: Mapping[str, Any]) -> dict[str, Any]:
+@stage_task("evaluate")
+def evaluate_task(st: Stage, splits: Mapping[str, Any], preprocessed: Mapping[str, Any],
+                  trained: Mapping[str, Any]) -> dict[str, Any]:
+    """Score the candidate on the test part, and the champion on the same rows; the gate decides the blessing."""
     import mlflow
     import numpy as np
 
@@ -277,147 +319,338 @@ def evaluate_task(params: Mapping[str, Any], ctx: RunContext, splits: Mapping[st
     from pipeline.preprocess import PreprocessMeta, label_array
     from pipeline.train import load_model
 
-    cfg = load_run_config(params, ctx)
+    cfg = st.cfg
     meta = PreprocessMeta.load(preprocessed["meta"])
     spec = meta.feature_spec
-    with tracking.stage_run(splits["parent_run_id"], "evaluate"):
-        test = _read_frame(splits["test"])
-        y = label_array(test, meta)
+    test = _read_frame(splits["test"])
+    y = label_array(test, meta)
+    if spec.task == "classification":
+        keep = y >= 0  # classes never seen in training cannot be scored
+        test, y = test[keep].reset_index(drop=True), y[keep]
+    pred = predict_keras(load_model(trained["model"], meta, cfg.model), test, meta)
+
+    def score(p):
         if spec.task == "classification":
-            keep = y >= 0  # classes never seen in training cannot be scored
-            test, y = test[keep].reset_index(drop=True), y[keep]
-        pred = predict_keras(load_model(trained["model"], meta, cfg.model), test, meta)
+            return ev.classification_metrics(y, p, meta.class_names)
+        return ev.regression_metrics(y, p)
 
-        def score(p):
-            if spec.task == "classification":
-                return ev.classification_metrics(y, p, meta.class_names)
-            return ev.regression_metrics(y, p)
+    metrics = score(pred)
+    champion_metrics, champion_version, champion_note = None, None, "no champion"
+    champion = registry.champion_dir(cfg.serving.model_name)
+    if champion is not None:
+        champion_version = champion[0]
+        try:
+            champion_metrics = score(predict_saved_model(champion[1], test, spec))
+            champion_note = f"champion v{champion_version} scored on the same test split"
+        except (ExportError, KeyError, ValueError) as exc:
+            champion_note = f"champion v{champion_version} could not be scored on this data: {exc}"
+    gate = ev.resolve_gate(cfg.gate, spec.task)
+    decision = ev.decide_blessing(metrics, gate, champion_metrics)
+    # On the test split as a dataset: the export logs the same metrics on the logged model, on this dataset.
+    dataset = tracking.test_dataset(test, splits["test"], cfg.name, spec.label)
+    mlflow.log_input(dataset, context=tracking.TEST_CONTEXT)
+    mlflow.log_metrics(metrics, dataset=dataset)
+    if champion_metrics:
+        mlflow.log_metrics({f"champion_{k}": v for k, v in champion_metrics.items()}, dataset=dataset)
+    mlflow.log_params({"champion": champion_note, "gate_metric": gate.metric})
+    mlflow.set_tag("blessed", str(decision.blessed).lower())
+    mlflow.log_dict(decision.to_dict(), "gate_decision.json")
+    out_dir = st.ctx.work_dir / "evaluate"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if spec.task == "classification":
+        plot = "confusion_matrix.png"
+        tracking.log_figure(ev.confusion_matrix_figure(y, pred.argmax(axis=1), meta.class_names), plot, out_dir / plot)
+    else:
+        plot = "residuals.png"
+        tracking.log_figure(ev.residual_figure(y, pred), plot, out_dir / plot)
+    # The DAG run's own run carries the headline, so the runs table compares DAG runs one row each.
+    tracking.log_run_summary(st.parent_run_id, metrics={
+        f"test_{gate.metric}": metrics.get(gate.metric),
+        f"champion_{gate.metric}": (champion_metrics or {}).get(gate.metric),
+        "training_seconds": tracking.stage_seconds(st.parent_run_id, "train")},
+        tags=_gate_tags(decision.to_dict(), gate.metric))
+    with atomic_path(out_dir / "predictions.npy", suffix=".npy") as tmp:
+        np.save(tmp, pred)
+    _write_json(out_dir / "metrics.json", {
+        "metrics": metrics, "champion_metrics": champion_metrics, "decision": decision.to_dict(),
+        "champion_version": champion_version, "champion_note": champion_note,
+        "gate": {"metric": gate.metric, "thresholds": dict(gate.thresholds), "max_regression": gate.max_regression},
+        "test_rows": len(test), "test_dataset": dataset.name, "plots": {plot: str(out_dir / plot)}})
+    for reason in decision.reasons:
+        print(f"evaluate: {reason}")
+    return {"blessed": decision.blessed, "metric": {gate.metric: metrics.get(gate.metric)},
+            "champion_version": champion_version, "metrics_file": str(out_dir / "metrics.json"),
+            "predictions": str(out_dir / "predictions.npy"), "run_id": mlflow.active_run().info.run_id}
 
-        metrics = score(pred)
-        champion_metrics, champion_version, champion_note = None, None, "no champion"
-        champion = registry.champion_dir(cfg.serving.model_name)
-        if champion is not None:
-            champion_version = champion[0]
-            try:
-                champion_metrics = score(predict_saved_model(champion[1], test, spec))
-                champion_note = f"champion v{champion_version} scored on the same test split"
-            except (ExportError, KeyError, ValueError) as exc:
-                champion_note = f"champion v{champion_version} could not be scored on this data: {exc}"
-        gate = ev.resolve_gate(cfg.gate, spec.task)
-        decision = ev.decide_blessing(metrics, gate, champion_metrics)
-        mlflow.log_metrics(metrics)
-        if champion_metrics:
-            mlflow.log_metrics({f"champion_{k}": v for k, v in champion_metrics.items()})
-        mlflow.log_params({"champion": champion_note, "gate_metric": gate.metric})
-        mlflow.set_tag("blessed", str(decision.blessed).lower())
-        mlflow.log_dict(decision.to_dict(), "gate_decision.json")
-        if spec.task == "classification":
-            tracking.log_figure(ev.confusion_matrix_figure(y, pred.argmax(axis=1), meta.class_names), "confusion_matrix.png")
-        else:
-            tracking.log_figure(ev.residual_figure(y, pred), "residuals.png")
-        out_dir = ctx.work_dir / "evaluate"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        with atomic_path(out_dir / "predictions.npy", suffix=".npy") as tmp:
-            np.save(tmp, pred)
-        _write_json(out_dir / "metrics.json", {"metrics": metrics, "champion_metrics": champion_metrics,
-                                               "decision": decision.to_dict()})
-        for reason in decision.reasons:
-            print(f"evaluate: {reason}")
-    return {"parent_run_id": splits["parent_run_id"], "blessed": decision.blessed,
-            "metric": {gate.metric: metrics.get(gate.metric)}, "champion_version": champion_version,
-            "metrics_file": str(out_dir / "metrics.json"), "predictions": str(out_dir / "predictions.npy")}
+
+def _gate_tags(decision: Mapping[str, Any], gate_metric: str) -> dict[str, str]:
+    """The gate's decision (``GateDecision.to_dict()``) as tags (``tracking.GATE_TAGS``): columns of the runs
+    table (on each DAG run's run) and of the Models tab (on each logged model)."""
+    return {"blessed": str(decision["blessed"]).lower(),
+            "gate.decision": "blessed" if decision["blessed"] else "not blessed",
+            "gate.metric": gate_metric, "gate.reason": "; ".join(decision["reasons"])[:5000]}
 
 
-def export_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[str, Any], validated: Mapping[str, Any],
-                splits: Mapping[str, Any], preprocessed: Mapping[str, Any], trained: Mapping[str, Any],
+@stage_task("export")
+def export_task(st: Stage, ingested: Mapping[str, Any], validated: Mapping[str, Any], splits: Mapping[str, Any],
+                preprocessed: Mapping[str, Any], trained: Mapping[str, Any],
                 evaluated: Mapping[str, Any]) -> dict[str, Any]:
+    """Write the candidate SavedModel (raw-feature signature, warmup requests, lineage) to a staging directory
+    keyed by the DAG run, check it answers like the Keras model, and log it to MLflow as a checked pyfunc."""
     import shutil
 
     import mlflow
     import pandas as pd
 
-    from pipeline import tracking
+    from pipeline import registry, tracking
     from pipeline.export import write_candidate
     from pipeline.preprocess import PreprocessMeta, feature_arrays
     from pipeline.pyfunc import log_pyfunc
     from pipeline.train import load_model, release_loaded_model
 
-    cfg = load_run_config(params, ctx)
+    cfg, ctx = st.cfg, st.ctx
     meta = PreprocessMeta.load(preprocessed["meta"])
     spec = meta.feature_spec
     staging_root = paths.serving_dir(cfg.serving.model_name)
-    with tracking.stage_run(splits["parent_run_id"], "export"):
-        test = _read_frame(splits["test"])
-        metrics = json.loads(Path(evaluated["metrics_file"]).read_text())["metrics"]
-        metadata = {
-            "model_name": cfg.serving.model_name, "task": spec.task, "label": spec.label,
-            "features": {"numeric": list(spec.numeric), "categorical": list(spec.categorical),
-                         "kinds": {k: spec.kind(k) for k in spec.names}},
-            "class_names": meta.class_names, "dag_id": ctx.dag_id, "dag_run_id": ctx.run_id,
-            "mlflow_run_id": splits["parent_run_id"],
-            "dataset": {"snapshot": ingested["snapshot"], "digest": ingested["digest"], "rows": ingested["rows"],
-                        "source": ingested["source"]},
-            "train_split": splits["train"], "test_split": splits["test"], "schema": validated["schema"],
-            "metrics": metrics, "blessed": evaluated["blessed"],
-        }
-        schema = json.loads(Path(validated["schema"]).read_text())
-        # A retry replaces its own earlier staging copy: the directory is keyed by the DAG run.
-        staging = staging_root / f".staging-{paths.safe_key(ctx.run_id)}"
-        shutil.rmtree(staging, ignore_errors=True)
-        tmp, diff = write_candidate(load_model(trained["model"], meta, cfg.model), meta, test, staging_root, metadata, schema)
-        tmp.rename(staging)
-        mlflow.log_metric("export_max_abs_diff", diff)
-
-        # Raises unless what MLflow stored loads and answers the example (rather than assume it does).
-        info = log_pyfunc(staging, pd.DataFrame(feature_arrays(test.head(5), spec)))
+    test = _read_frame(splits["test"])
+    evaluation = json.loads(Path(evaluated["metrics_file"]).read_text())
+    metrics = evaluation["metrics"]
+    metadata = {
+        "model_name": cfg.serving.model_name, "task": spec.task, "label": spec.label,
+        "features": {"numeric": list(spec.numeric), "categorical": list(spec.categorical),
+                     "kinds": {k: spec.kind(k) for k in spec.names}},
+        "class_names": meta.class_names, "dag_id": ctx.dag_id, "dag_run_id": ctx.run_id,
+        "mlflow_run_id": st.parent_run_id,
+        "dataset": {"snapshot": ingested["snapshot"], "digest": ingested["digest"], "rows": ingested["rows"],
+                    "source": ingested["source"]},
+        "train_split": splits["train"], "test_split": splits["test"], "schema": validated["schema"],
+        "metrics": metrics, "blessed": evaluated["blessed"],
+    }
+    schema = json.loads(Path(validated["schema"]).read_text())
+    # A retry replaces its own earlier staging copy: the directory is keyed by the DAG run.
+    staging = staging_root / f".staging-{paths.safe_key(ctx.run_id)}"
+    shutil.rmtree(staging, ignore_errors=True)
+    tmp, diff = write_candidate(load_model(trained["model"], meta, cfg.model), meta, test, staging_root, metadata, schema)
+    tmp.rename(staging)
+    mlflow.log_metric("export_max_abs_diff", diff)
+    # Named after the served model and the version the register task, next, gives it: the Models tab's rows
+    # and its charts' legends tell candidates apart by it.
+    c = tracking.client()
+    version = registry.next_version(cfg.serving.model_name)
+    name = tracking.logged_model_name(cfg.serving.model_name, version)
+    # Raises unless what MLflow stored loads and answers the example (rather than assume it does).
+    info = log_pyfunc(staging, pd.DataFrame(feature_arrays(test.head(5), spec)), name=name)
     release_loaded_model()
     memory.release()  # before deploy starts the sandbox server beside this process
-    return {"parent_run_id": splits["parent_run_id"], "staging": str(staging), "model_uri": info.model_uri,
-            "max_abs_diff": diff}
+    # The evaluation's metrics on the logged model, from the evaluate run, on the test split's dataset: the
+    # Models tab's columns. (A result of evaluate without its run id predates this: the metrics go on this run.)
+    evaluate_run = evaluated.get("run_id") or mlflow.active_run().info.run_id
+    tracking.log_model_metrics(info.model_id, evaluate_run, tracking.run_dataset(evaluate_run), metrics,
+                               evaluation.get("champion_metrics"))
+    gate_metric = (evaluation.get("gate") or {}).get("metric") or next(iter(evaluated["metric"]))
+    c.set_logged_model_tags(info.model_id, {**_gate_tags(evaluation["decision"], gate_metric),
+                                            "airflow.dag_id": ctx.dag_id, "airflow.run_id": ctx.run_id})
+    c.log_model_params(info.model_id, {"builder": cfg.model.module or cfg.model.builder,
+                                       **{f"model_{k}": str(v)[:6000] for k, v in cfg.model.params.items()},
+                                       "epochs_run": str(trained.get("epochs_run", "")),
+                                       "learning_rate": str(cfg.training.learning_rate),
+                                       "dataset_digest": ingested["digest"][:16]})
+    card = _model_card(st, ingested, schema, evaluation, info, evaluate_run)
+    card_file = _write_json(ctx.work_dir / "export" / "model_card.json", card.to_dict())
+    return {"staging": str(staging), "model_uri": info.model_uri, "max_abs_diff": diff, "model_id": info.model_id,
+            "logged_model_name": name, "expected_version": version, "model_card": card_file}
 
 
-def register_task(params: Mapping[str, Any], ctx: RunContext, ingested: Mapping[str, Any],
-                  evaluated: Mapping[str, Any], exported: Mapping[str, Any]) -> dict[str, Any]:
+def _model_card(st: Stage, ingested: Mapping[str, Any], schema: Mapping[str, Any], evaluation: Mapping[str, Any],
+                info: Any, evaluate_run: str) -> "ModelCard":
+    """The facts of the candidate's model card (``pipeline.model_card``) as the export knows them: the version
+    and the deploy outcome are filled in by the register and deploy tasks."""
     import mlflow
 
     from pipeline import tracking
+    from pipeline.model_card import ModelCard
 
-    cfg = load_run_config(params, ctx)
-    name = cfg.serving.model_name
-    parent = exported["parent_run_id"]
-    with tracking.stage_run(parent, "register"):
-        c = tracking.client()
-        # A retried task finds the version it registered before instead of registering a duplicate.
-        existing = c.search_model_versions(f"name = '{name}' and tags.`airflow.run_id` = '{ctx.run_id}'")
-        mv = existing[0] if existing else mlflow.register_model(exported["model_uri"], name, tags={
-            "airflow.dag_id": ctx.dag_id, "airflow.run_id": ctx.run_id, "dataset_digest": ingested["digest"],
-            "blessed": str(evaluated["blessed"]).lower(), "mlflow_parent_run_id": parent})
-        version = int(mv.version)
-        # Publishing and the aliases are the deploy task's: registering never changes what is served.
-        mlflow.log_params({"registered_model": name, "version": version})
-        mlflow.set_tags({"blessed": str(evaluated["blessed"]).lower(), "model_version": str(version)})
-    with mlflow.start_run(run_id=parent):
-        mlflow.log_metrics({f"test_{k}": v for k, v in evaluated["metric"].items() if v is not None})
-        mlflow.set_tags({"model_version": str(version), "blessed": str(evaluated["blessed"]).lower()})
-    return {"parent_run_id": parent, "model_name": name, "version": version, "blessed": evaluated["blessed"]}
+    cfg, ctx = st.cfg, st.ctx
+    features = schema["features"]
+    kinds = {col: {"kind": kind, "why": schema["columns"].get(col, {}).get("why") or ""}
+             for col, kind in features["kinds"].items()}
+    excluded = [f"{col}: {c['excluded']}" for col, c in schema["columns"].items() if c.get("excluded")]
+    plots = dict(evaluation.get("plots") or {})
+    train_run = tracking.stage_run_id(st.parent_run_id, "train")
+    if train_run:
+        try:  # the training curves, for the card: the train stage logged them
+            plots["training_curves.png"] = mlflow.artifacts.download_artifacts(
+                run_id=train_run, artifact_path="training_curves.png", dst_path=str(ctx.work_dir / "export"))
+        except Exception as exc:  # noqa: BLE001 - a card without this plot is still a card
+            print(f"export: warning: no training curves for the model card ({type(exc).__name__}: {exc})")
+    d, run = cfg.deploy, mlflow.active_run()
+    return ModelCard(
+        model_name=cfg.serving.model_name, task=features["task"], label=features["label"], features=kinds,
+        excluded=excluded, metrics=evaluation["metrics"], champion_metrics=evaluation.get("champion_metrics"),
+        champion_version=evaluation.get("champion_version"), champion_note=evaluation.get("champion_note", ""),
+        gate=evaluation.get("gate") or {}, decision=evaluation["decision"], plots=plots,
+        data={"rows": ingested["rows"], "source": ingested["source"], "digest": ingested["digest"],
+              "snapshot": ingested["snapshot"], "test_rows": evaluation.get("test_rows"),
+              "test_dataset": evaluation.get("test_dataset")},
+        deploy_checks={"max_abs_diff": d.max_abs_diff, "latency_budget_ms": d.latency_budget_ms,
+                       "latency_requests": d.latency_requests, "allow_signature_change": d.allow_signature_change,
+                       "canary": d.canary},
+        lineage={"dag_id": ctx.dag_id, "dag_run_id": ctx.run_id, "experiment_id": run.info.experiment_id,
+                 "parent_run_id": st.parent_run_id, "evaluate_run_id": evaluate_run, "export_run_id": run.info.run_id,
+                 "model_id": info.model_id, "logged_model_name": info.name})
 
 
-def deploy_task(params: Mapping[str, Any], ctx: RunContext, exported: Mapping[str, Any],
-                registered: Mapping[str, Any]) -> dict[str, Any]:
+@stage_task("register")
+def register_task(st: Stage, ingested: Mapping[str, Any], evaluated: Mapping[str, Any],
+                  exported: Mapping[str, Any]) -> dict[str, Any]:
+    """Register the logged model as a new version of the served model's registered model (found again, not
+    registered twice, on a retry), and describe it there: the version's description (data, metrics against the
+    champion, the gate's decision, lineage), the registered model's table of versions, the model card. Publishing
+    and the aliases are the deploy task's: registering never changes what is served."""
+    import mlflow
+
+    from pipeline import registry, tracking
+
+    name, ctx, parent = st.cfg.serving.model_name, st.ctx, st.parent_run_id
+    blessed = str(evaluated["blessed"]).lower()
+    c = tracking.client()
+    existing = c.search_model_versions(f"name = '{name}' and tags.`airflow.run_id` = '{ctx.run_id}'")
+    mv = existing[0] if existing else mlflow.register_model(exported["model_uri"], name, tags={
+        "airflow.dag_id": ctx.dag_id, "airflow.run_id": ctx.run_id, "dataset_digest": ingested["digest"],
+        "blessed": blessed, "mlflow_parent_run_id": parent})
+    version = int(mv.version)
+    mlflow.log_params({"registered_model": name, "version": version})
+    mlflow.set_tags({"blessed": blessed, "model_version": str(version)})
+    tracking.log_run_summary(parent, metrics={"rows": ingested["rows"]},
+                             tags={"model_version": str(version), "blessed": blessed})
+    model_id = exported.get("model_id")
+    if model_id:
+        tags = {"model_version": str(version), "registered_model": name}
+        expected = exported.get("expected_version")
+        if expected is not None and int(expected) != version:
+            tags["pipeline.name_note"] = (f"named {exported.get('logged_model_name')} for version {expected}, "
+                                          f"registered as version {version} (another run registered in between)")
+            print(f"register: warning: {tags['pipeline.name_note']}")
+        c.set_logged_model_tags(model_id, tags)
+    experiment = c.get_run(parent).info.experiment_id
+    if exported.get("model_card") and Path(exported["model_card"]).is_file():
+        import dataclasses
+
+        from pipeline.model_card import ModelCard, version_description
+
+        card = ModelCard.from_dict(json.loads(Path(exported["model_card"]).read_text()))
+        card = dataclasses.replace(card, version=version)
+        _write_json(Path(exported["model_card"]), card.to_dict())  # the deploy task adds its outcome to this
+        lineage = card.lineage
+        links = {"dag_run": _airflow_run_url(ctx.dag_id, ctx.run_id), "parent": tracking.run_link(experiment, parent),
+                 "evaluate": tracking.run_link(experiment, lineage.get("evaluate_run_id", "")),
+                 "export": tracking.run_link(experiment, lineage.get("export_run_id", "")),
+                 "model": tracking.logged_model_link(experiment, model_id) if model_id else ""}
+        registry.describe_version(name, version, version_description(card, links))
+        _log_model_card(card, st)
+        _describe_versions(name, card.task, card.gate.get("metric") or "")
+    gate_metric = next(iter(evaluated["metric"]))
+    tracking.save_runs_view(experiment, [f"test_{gate_metric}", f"champion_{gate_metric}", "rows",
+                                         "training_seconds"], ("model_version", *tracking.GATE_TAGS))
+    return {"model_name": name, "version": version, "blessed": evaluated["blessed"]}
+
+
+def _airflow_run_url(dag_id: str, run_id: str) -> str:
+    """The DAG run's page in the Airflow UI (``AIRFLOW__API__BASE_URL``, else ``pipeline airflow``'s address)."""
+    import os
+    from urllib.parse import quote
+
+    base = os.environ.get("AIRFLOW__API__BASE_URL") or "http://127.0.0.1:8080"
+    return f"{base.rstrip('/')}/dags/{quote(dag_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def _log_model_card(card: "ModelCard", st: Stage) -> None:
+    """Log the card as ``model_card.html`` with the logged model and on the DAG run's run (replacing an earlier
+    one: the deploy task logs it again with its outcome)."""
+    from pipeline import tracking
+    from pipeline.model_card import CARD_FILE, render_html
+
+    out = st.ctx.work_dir / "model_card" / CARD_FILE
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render_html(card), encoding="utf-8")
+    c = tracking.client()
+    if card.lineage.get("model_id"):
+        c.log_model_artifact(card.lineage["model_id"], str(out))
+    c.log_artifact(st.parent_run_id, str(out))
+
+
+def _describe_versions(model_name: str, task: str, gate_metric: str, last: int = 15) -> None:
+    """The registered model's description: its ``last`` versions side by side, each with the metrics its logged
+    model carries (``pipeline.model_card.versions_table``)."""
+    from datetime import datetime, timezone
+
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import registry, tracking
+    from pipeline.model_card import headline_metrics, versions_table
+
+    c = tracking.client()
+    rows = []
+    for mv in c.search_model_versions(f"name = '{model_name}'", max_results=last, order_by=["version_number DESC"]):
+        metrics: dict[str, float] = {}
+        if model_id := registry.logged_model_id(mv):
+            try:
+                metrics = {m.key: m.value for m in c.get_logged_model(model_id).metrics or []}
+            except MlflowException:
+                pass  # a version of a model logged elsewhere: no metrics to show
+        rows.append({"version": int(mv.version), "blessed": {"true": True, "false": False}.get(mv.tags.get("blessed")),
+                     "metrics": metrics, "champion_metric": metrics.get(f"champion_{gate_metric}"),
+                     "registered": datetime.fromtimestamp(mv.creation_timestamp / 1000, timezone.utc)
+                     .strftime("%Y-%m-%d %H:%M")})
+    union = {k: v for row in rows for k, v in row["metrics"].items() if not k.startswith("champion_")}
+    keys = headline_metrics(task, union, gate_metric)[:5]
+    registry.describe_model(model_name, versions_table(rows, keys, gate_metric))
+
+
+@stage_task("deploy", mlflow_run=False)  # pipeline.deploy opens the stage's run itself
+def deploy_task(st: Stage, exported: Mapping[str, Any], registered: Mapping[str, Any]) -> dict[str, Any]:
     """Deploy the registered version if it is blessed (``pipeline.deploy``); an unblessed one is only dropped
-    from staging. The DAG run's MLflow run is finished here, the last stage."""
+    from staging. The DAG run's MLflow run is finished here, the last stage. The model card gets the outcome."""
     import shutil
 
     from pipeline import deploy, registry
 
-    cfg = load_run_config(params, ctx)
-    name, version, parent = registered["model_name"], registered["version"], registered["parent_run_id"]
+    name, version = registered["model_name"], registered["version"]
     staging = Path(exported["staging"])
     if not registered["blessed"]:
         shutil.rmtree(staging, ignore_errors=True)  # registered for comparison, never where a server looks
     # A retry finds the staging copy (kept when a deploy fails) or the published directory.
     source = staging if staging.exists() else registry.saved_model_dir(name, version)
-    result = deploy.run_deploy_stage(cfg.deploy, parent, name, version, source, blessed=registered["blessed"],
-                                     reason=f"blessed by {ctx.dag_id} run {ctx.run_id}")
+    try:
+        result = deploy.run_deploy_stage(st.cfg.deploy, st.parent_run_id, name, version, source,
+                                         blessed=registered["blessed"],
+                                         reason=f"blessed by {st.ctx.dag_id} run {st.ctx.run_id}")
+    except deploy.DeployError as exc:
+        _card_after_deploy(st, exported, {"deployed": False, "error": str(exc)})
+        raise
     shutil.rmtree(staging, ignore_errors=True)
-    return {"parent_run_id": parent, **result}
+    _card_after_deploy(st, exported, result)
+    return result
+
+
+def _card_after_deploy(st: Stage, exported: Mapping[str, Any], outcome: Mapping[str, Any]) -> None:
+    """Log the model card again with the deploy stage's outcome and measurements (its run's metrics). A card
+    that cannot be written leaves the deployment as it is: a warning, not a failure."""
+    import dataclasses
+
+    from pipeline import tracking
+    from pipeline.model_card import ModelCard
+
+    path = Path(exported.get("model_card") or "")
+    if not path.is_file():
+        return
+    try:
+        run_id = tracking.stage_run_id(st.parent_run_id, "deploy")
+        measured = dict(tracking.client().get_run(run_id).data.metrics) if run_id else {}
+        keep = ("deployed", "reason", "error", "label", "published")
+        card = dataclasses.replace(ModelCard.from_dict(json.loads(path.read_text())),
+                                   deploy={**measured, **{k: outcome[k] for k in keep if k in outcome}})
+        _write_json(path, card.to_dict())
+        _log_model_card(card, st)
+    except Exception as exc:  # noqa: BLE001 - the card is a report; the deployment stands without it
+        print(f"deploy: warning: the model card was not updated ({type(exc).__name__}: {exc})")

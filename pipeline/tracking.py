@@ -9,7 +9,7 @@ import contextlib
 import os
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 
 from pipeline import paths
 
@@ -160,11 +160,134 @@ def finish_parent(parent_id: str, status: str = "FINISHED") -> None:
     client().set_terminated(parent_id, status)
 
 
-def log_figure(fig, name: str) -> None:
+def stage_run_id(parent_id: str, stage: str) -> str | None:
+    """The nested run of ``stage`` under the DAG run's run ``parent_id``, if that stage has run."""
+    return _find_run(client().get_run(parent_id).info.experiment_id, {TAG_PARENT: parent_id, TAG_STAGE: stage})
+
+
+def stage_seconds(parent_id: str, stage: str) -> float | None:
+    """How long the (finished) nested run of ``stage`` took, in seconds: for the train stage, the training
+    time shown on the DAG run's run."""
+    run_id = stage_run_id(parent_id, stage)
+    info = client().get_run(run_id).info if run_id else None
+    if info is None or not info.end_time or not info.start_time:
+        return None
+    return (info.end_time - info.start_time) / 1000
+
+
+# ------------------------------------------------------------------------------ comparing models in the UI
+# docs/mlflow_ui.md: the Models tab compares logged models by the metrics logged with their model_id on a
+# dataset; the runs table compares DAG runs by what their parent run carries.
+TEST_CONTEXT = "test"  # the dataset input context of the test split on the evaluate run
+GATE_TAGS = ("blessed", "gate.decision", "gate.metric", "gate.reason")
+# An experiment tag with this prefix is a saved view of the runs table (the UI's "Views" menu); the link
+# ``?viewStateShareKey=<key>`` opens it.
+SAVED_VIEW_PREFIX = "mlflow.sharedViewState."
+RUNS_VIEW_KEY = "pipeline-dag-runs"
+
+
+def logged_model_name(model_name: str, version: int | None = None) -> str:
+    """The name of the logged model of a candidate of ``model_name``, with the version it is registered as.
+
+    MLflow refuses ``/ : . % " '`` in logged model names; a served model name may contain ``.``."""
+    base = "".join("_" if c in '/:.%"\'' else c for c in model_name)
+    return f"{base}-v{version}" if version is not None else base
+
+
+def test_dataset(frame: "Any", source: str, name: str, label: str | None) -> "Any":
+    """The test split as an MLflow dataset: the same rows give the same digest, so the candidate's and the
+    champion's metrics on them share a column group in the Models tab."""
+    import mlflow
+
+    return mlflow.data.from_pandas(frame, source=source, name=f"{name}-test",
+                                   targets=label if label in frame.columns else None)
+
+
+def run_dataset(run_id: str, context: str = TEST_CONTEXT) -> "Any":
+    """The dataset logged as an input of ``run_id`` with ``context`` (an ``mlflow.entities.Dataset``), or None."""
+    run = client().get_run(run_id)
+    for item in (run.inputs.dataset_inputs if run.inputs else []):
+        if any(t.key == "mlflow.data.context" and t.value == context for t in item.tags):
+            return item.dataset
+    return None
+
+
+def log_model_metrics(model_id: str, run_id: str, dataset: "Any", metrics: Mapping[str, float],
+                      champion_metrics: Mapping[str, float] | None = None) -> None:
+    """Log the evaluation ``metrics`` on the logged model ``model_id`` and the test ``dataset``, from the run
+    that computed them (``run_id``: the evaluate stage), with the champion's scores on the same rows beside them
+    as ``champion_<metric>``: these are the Models tab's metric columns and charts."""
+    import mlflow
+
+    values = {**metrics, **{f"champion_{k}": v for k, v in (champion_metrics or {}).items()}}
+    mlflow.log_metrics({k: float(v) for k, v in values.items()}, run_id=run_id, model_id=model_id, dataset=dataset,
+                       synchronous=True)
+
+
+def log_run_summary(parent_id: str, metrics: Mapping[str, float | None] | None = None,
+                    tags: Mapping[str, str] | None = None) -> None:
+    """Put headline ``metrics`` (None ones left out) and ``tags`` on the DAG run's run, where the runs table
+    shows them one row per DAG run."""
+    from mlflow.entities import Metric, RunTag
+    from mlflow.utils.time import get_current_time_millis
+
+    now = get_current_time_millis()
+    client().log_batch(parent_id, metrics=[Metric(k, float(v), now, 0) for k, v in (metrics or {}).items()
+                                           if v is not None],
+                       tags=[RunTag(k, str(v)[:5000]) for k, v in (tags or {}).items()])
+
+
+def runs_view_state(metric_keys: Sequence[str], tag_keys: Sequence[str]) -> dict[str, Any]:
+    """The runs table's state of the pipeline's saved view: the dataset and model columns, then the headline
+    metrics and the gate's tags of each DAG run's run (column keys as the UI writes them)."""
+    columns = ["attributes.`Dataset`", "attributes.`Models`"]
+    columns += [f"metrics.`{k}`" for k in metric_keys] + [f"tags.`{k}`" for k in tag_keys]
+    return {"selectedColumns": columns}
+
+
+def save_runs_view(experiment: str, metric_keys: list[str], tag_keys: Sequence[str] = GATE_TAGS) -> str:
+    """Save the runs table view that shows the DAG runs' headline columns in experiment ``experiment`` (an id);
+    returns its key for ``?viewStateShareKey=``. Written again only when its columns change."""
+    import json
+    import time
+
+    state = json.dumps(runs_view_state(metric_keys, tag_keys))
+    key = SAVED_VIEW_PREFIX + RUNS_VIEW_KEY
+    c = client()
+    old = c.get_experiment(experiment).tags.get(key)
+    try:
+        if old and json.loads(old).get("state") == state:
+            return RUNS_VIEW_KEY
+    except ValueError:
+        pass
+    now = int(time.time() * 1000)
+    c.set_experiment_tag(experiment, key, json.dumps({"name": "DAG runs: gate metric and decision",
+                                                      "createdAt": now, "updatedAt": now, "state": state}))
+    return RUNS_VIEW_KEY
+
+
+def run_link(experiment: str, run_id: str) -> str:
+    """The UI route of a run, relative to the UI's root (markdown in the UI links it in place)."""
+    return f"#/experiments/{experiment}/runs/{run_id}"
+
+
+def logged_model_link(experiment: str, model_id: str) -> str:
+    return f"#/experiments/{experiment}/models/{model_id}"
+
+
+def model_version_link(model_name: str, version: int | str) -> str:
+    return f"#/models/{model_name}/versions/{version}"
+
+
+def log_figure(fig, name: str, save_to: "os.PathLike | str | None" = None) -> None:
+    """Log ``fig`` as the artifact ``name`` of the active run (and write it to ``save_to``: the model card
+    embeds it), then close it."""
     import matplotlib.pyplot as plt
     import mlflow
 
     mlflow.log_figure(fig, name)
+    if save_to is not None:
+        fig.savefig(save_to)
     plt.close(fig)
 
 
@@ -229,11 +352,13 @@ def training_curve_figure(history: Mapping[str, list[float]]):
 
 
 def ui_url(base: str, experiment_name: str | None = None) -> str:
-    """A link that opens the runs table. The MLflow 3 UI starts in its GenAI view unless the link asks for
-    ``workflowType=machine_learning`` (the experiment tag alone is ignored while the GenAI/ML toggle is shown)."""
+    """A link that opens the runs table, in the pipeline's saved view when the experiment has it (the DAG runs'
+    headline metrics and gate decision as columns). The MLflow 3 UI starts in its GenAI view unless the link asks
+    for ``workflowType=machine_learning`` (the experiment tag alone is ignored while the GenAI/ML toggle is shown)."""
     exp = client().get_experiment_by_name(experiment_name) if experiment_name else None
     path = f"#/experiments/{exp.experiment_id}/runs" if exp else "#/experiments"
-    return f"{base.rstrip('/')}/{path}?workflowType=machine_learning"
+    view = f"&viewStateShareKey={RUNS_VIEW_KEY}" if exp and SAVED_VIEW_PREFIX + RUNS_VIEW_KEY in exp.tags else ""
+    return f"{base.rstrip('/')}/{path}?workflowType=machine_learning{view}"
 
 
 def ui(argv: list[str] | None = None) -> int:

@@ -10,8 +10,10 @@ analysis in this process (``pipeline.monitoring.monitor.run_monitor``), with no 
 The window is ``--current`` (CSV, Parquet or request-log JSONL), else the request log since the last monitor
 run of this model (at most ``--lookback-hours`` back). The reference is the model version that served most of
 the window (``--model-version`` to choose), found through its lineage file in the serving directory.
-With ``--json`` stdout carries exactly one JSON object (Airflow's logs go to stderr). Exit status 0 whether or
-not there is drift; 1 when the DAG run failed; 2 on bad input.
+With ``--json`` stdout carries exactly one JSON object (Airflow's logs go to stderr); when the DAG run failed,
+its ``error`` names each failed task with its reason. Exit status 0 whether or not there is drift; 1 when the DAG
+run failed; 2 on bad input, refused before Airflow starts (:func:`pipeline.preflight.monitor_problem`); 130 or
+143 when SIGINT or SIGTERM stopped it.
 """
 
 from __future__ import annotations
@@ -68,8 +70,28 @@ def _versions(model_name: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pipeline.commands.train import Interrupted, stop_children, stop_on_signals
+    from pipeline.preflight import monitor_problem
+
     args = _parser().parse_args(argv)
-    return _direct(args) if args.direct else _through_airflow(args)
+    problem = monitor_problem(dag_conf(args))
+    if problem is not None:
+        print(f"pipeline monitor: {problem}", file=sys.stderr, flush=True)
+        return 2
+    with stop_on_signals():
+        try:
+            return _direct(args) if args.direct else _through_airflow(args)
+        except Interrupted as exc:
+            error = f"interrupted by {exc.signal_name}" + (f" during {exc.task}" if exc.task else "")
+            run = exc.dag_run
+            if args.json:
+                airflow = None if run is None else {"dag_id": DAG_ID, "dag_run_id": run.run_id, "state": "failed"}
+                print(json.dumps({"error": error, "airflow": airflow}), flush=True)
+            else:
+                ended = f"; DAG run {run.run_id} ended failed" if run is not None else ""
+                print(f"pipeline monitor: {error}{ended}", file=sys.stderr, flush=True)
+            stop_children()
+            return exc.exit_status
 
 
 def dag_conf(args: argparse.Namespace) -> dict:
@@ -103,17 +125,22 @@ def _stdout_to_stderr():
 
 
 def _through_airflow(args: argparse.Namespace) -> int:
+    from pipeline import progress
     from pipeline.commands.train import run_dag, run_with_view, summarize
 
-    if args.current is not None and not args.current.exists():
-        print(f"pipeline monitor: {args.current} does not exist", file=sys.stderr)
-        return 2
     if args.report_dir:
         print("pipeline monitor: the DAG writes its report under PIPELINE_HOME/monitoring/runs/; "
               "--report-dir applies to --direct", file=sys.stderr)
     conf = dag_conf(args)
     print(f"pipeline monitor: running DAG {DAG_ID} with params {json.dumps(conf)}", file=sys.stderr, flush=True)
-    with _stdout_to_stderr() if args.json and args.verbose else contextlib.nullcontext():
+    reasons: dict[str, str] = {}  # failed task -> why, from the task events (the logs are elsewhere)
+
+    def keep_reason(event: dict) -> None:
+        if event["kind"] == "task" and event.get("error"):
+            reasons[event["task"]] = event["error"]
+
+    with _stdout_to_stderr() if args.json and args.verbose else contextlib.nullcontext(), \
+            progress.attached(keep_reason):
         dag_run = run_with_view(DAG_ID, args.verbose, lambda: run_dag(DAG_ID, conf), command="monitor",
                                 view_on_stderr=args.json)
         summary = summarize(dag_run)
@@ -123,7 +150,11 @@ def _through_airflow(args: argparse.Namespace) -> int:
                "failed_tasks": summary["failed_tasks"],
                "asset_event": (summary.get("emit_drift") or None) if ok else None}
     if not ok:
-        error = f"DAG run {summary['dag_run_id']} {summary['state']}; failed tasks: {summary['failed_tasks']}"
+        reasons = {**(summary.get("errors") or {}), **reasons}  # the events' text, where there was one
+        why = "; ".join(f"{task} failed: {_reason(reasons[task])}" for task in summary["failed_tasks"] if task in reasons)
+        error = (f"{why + ' (' if why else ''}DAG run {summary['dag_run_id']} {summary['state']}; "
+                 f"failed tasks: {summary['failed_tasks']}{')' if why else ''}")
+        airflow["errors"] = {task: _reason(reasons[task]) for task in summary["failed_tasks"] if task in reasons}
         if args.json:
             print(json.dumps({"error": error, "airflow": airflow}))
         else:
@@ -144,6 +175,13 @@ def _through_airflow(args: argparse.Namespace) -> int:
     if meta.get("report"):
         print(f"Report:     {meta['report']}")
     return 0
+
+
+def _reason(error: str) -> str:
+    """A task's failure as its message: without the ``AirflowFailException: `` the DAG wraps a refusal in (it only
+    means "do not retry")."""
+    prefix = "AirflowFailException: "
+    return error[len(prefix):] if error.startswith(prefix) else error
 
 
 def _direct(args: argparse.Namespace) -> int:

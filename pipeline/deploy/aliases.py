@@ -1,5 +1,6 @@
 """The MLflow aliases that decide what is served: moving them (with ``models.config`` and retention), canary
-promotion and rollback, each recorded on the model version with who did it and why."""
+promotion and rollback, each recorded on the model version with who did it and why (a line appended to its
+description: ``pipeline.registry.record_event``)."""
 from __future__ import annotations
 
 import getpass

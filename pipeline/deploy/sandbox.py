@@ -26,6 +26,14 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# How long a sandbox server gets to exit after SIGTERM before SIGKILL: to finish the requests in flight, or (after
+# SIGINT or SIGTERM stopped the caller: nothing is waiting for their answers) to exit at all. A server signalled
+# while it was still starting has been seen not to exit on SIGTERM (pipeline.serving.server), which the short
+# wait bounds.
+STOP_S = 30.0
+INTERRUPTED_STOP_S = 1.0
+
+
 @dataclass
 class SandboxServer:
     """Our server (``python -m pipeline.serving``) on free ports, serving ``base/<model>`` alone, in its own
@@ -69,8 +77,8 @@ class SandboxServer:
     def __enter__(self) -> "SandboxServer":
         return self.start()
 
-    def __exit__(self, *exc) -> None:
-        self.stop()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.stop(INTERRUPTED_STOP_S if isinstance(exc, KeyboardInterrupt) else STOP_S)
 
     def alive(self) -> str | None:
         """None while running; else why it is not (exit status and the end of its log)."""
@@ -93,14 +101,14 @@ class SandboxServer:
             except ProcessLookupError:
                 pass
 
-    def stop(self) -> None:
+    def stop(self, timeout_s: float = STOP_S) -> None:
         """SIGTERM (to our process group, or the process when it shares the caller's), SIGKILL if it has not
-        exited after 30 s."""
+        exited after ``timeout_s``."""
         if self.proc is None or self.proc.poll() is not None:
             return
         try:
             self._signal(signal.SIGTERM)
-            self.proc.wait(timeout=30)
+            self.proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             self._signal(signal.SIGKILL)
             self.proc.wait(timeout=10)
@@ -143,11 +151,11 @@ def start_standby(model_name: str) -> SandboxServer:
     return server
 
 
-def stop_standby(server: SandboxServer) -> None:
-    """Stop a standby sandbox (used or not) and remove its directory."""
+def stop_standby(server: SandboxServer, timeout_s: float = STOP_S) -> None:
+    """Stop a standby sandbox (used or not; SIGKILL after ``timeout_s``) and remove its directory."""
     if _STANDBY.get(server.model_name) is server:
         del _STANDBY[server.model_name]
-    server.stop()
+    server.stop(timeout_s)
     shutil.rmtree(server.base, ignore_errors=True)
 
 

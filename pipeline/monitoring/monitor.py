@@ -323,6 +323,7 @@ def run_monitor(
     if (config.mlflow if log_mlflow is None else log_mlflow) and window_end is not None:
         from pipeline.monitoring.report import log_monitor_run
 
+        model_id, link = judged_version_tags(lineage["model_name"], lineage["version"], tracking_uri)
         run_id = log_monitor_run(
             result,
             report_dir,
@@ -330,7 +331,58 @@ def run_monitor(
             window_end=window_end,
             window_start=window_start,
             tracking_uri=tracking_uri,
-            tags=run_tags,
+            tags={**link, **(run_tags or {})},
         )
+        if model_id:
+            link_logged_model(run_id, model_id, tracking_uri)
         result.meta["mlflow_run_id"] = run_id
     return result
+
+
+def judged_version_tags(
+    model_name: str, version: int | str, tracking_uri: str | None = None
+) -> tuple[str | None, dict[str, str]]:
+    """The tags that link a monitor run to the registered version it judged: its ``models:/`` URI, its page in
+    the UI, its logged model's id, and the run's description (``mlflow.note.content``, markdown with the link).
+
+    Returns:
+        The version's logged model id (None when the version is not in the registry of ``tracking_uri``), and
+        the tags.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import paths
+    from pipeline.registry import logged_model_id
+
+    uri = tracking_uri or paths.mlflow_tracking_uri()
+    page = f"#/models/{model_name}/versions/{version}"
+    tags = {"monitor.registered_model": f"models:/{model_name}/{version}", "monitor.model_version_url": page,
+            "mlflow.note.content": f"Drift of the traffic served by [{model_name} version {version}]({page}), "
+                                   f"against the data it was trained on."}
+    try:
+        mv = MlflowClient(tracking_uri=uri, registry_uri=uri).get_model_version(model_name, str(version))
+    except MlflowException:
+        return None, tags
+    model_id = logged_model_id(mv)
+    if model_id:
+        tags["monitor.model_id"] = model_id
+    return model_id, tags
+
+
+def link_logged_model(run_id: str, model_id: str, tracking_uri: str | None = None) -> None:
+    """Make the judged version's logged model an input of the monitor run (once: a retry reuses the run)."""
+    from mlflow import MlflowClient
+    from mlflow.entities import LoggedModelInput
+    from mlflow.exceptions import MlflowException
+
+    from pipeline import paths
+
+    client = MlflowClient(tracking_uri=tracking_uri or paths.mlflow_tracking_uri())
+    run = client.get_run(run_id)
+    if any(m.model_id == model_id for m in (run.inputs.model_inputs if run.inputs else None) or []):
+        return
+    try:
+        client.log_inputs(run_id, models=[LoggedModelInput(model_id)])
+    except MlflowException as exc:  # a logged model in another store: the tags still name the version
+        print(f"monitor: warning: the run is not linked to logged model {model_id}: {exc}")

@@ -110,15 +110,15 @@ class ModelManager:
         return version is None or (version.isdigit() and int(version) in model.status)
 
     # ------------------------------------------------------------------------------------ lifecycle
-    def start(self, file_system_poll_s: float) -> None:
-        """Load the initial config (blocking), then poll in the background.
+    def start(self, file_system_poll_s: float, models: tuple[ModelConfig, ...] | None = None) -> None:
+        """Load the initial config (or ``models`` instead), blocking, then poll in the background.
 
         Raises:
             ServingError: FAILED_PRECONDITION when a label points at a version that is not available.
         """
-        self.apply_config(self._initial)
+        self.apply_config(self._initial if models is None else models)
         if file_system_poll_s > 0:
-            self._spawn("fs-poll", file_system_poll_s, self.poll)
+            self.every("fs-poll", file_system_poll_s, self.poll)
 
     def watch_config_file(self, path: Path, interval_s: float, parse: Callable[[str], tuple]) -> None:
         """Re-read a models.config file every ``interval_s`` and apply it when its text changed."""
@@ -130,7 +130,7 @@ class ModelManager:
                 last["text"] = text
                 self.apply_config(parse(text))
                 log.info("applied %s", path)
-        self._spawn("config-poll", interval_s, check)
+        self.every("config-poll", interval_s, check)
 
     def stop(self) -> None:
         self._stop.set()
@@ -141,7 +141,8 @@ class ModelManager:
                 for servable in model.available.values():
                     servable.close()
 
-    def _spawn(self, name: str, interval_s: float, work: Callable[[], None]) -> None:
+    def every(self, name: str, interval_s: float, work: Callable[[], None]) -> None:
+        """Run ``work`` every ``interval_s`` on a background thread until :meth:`stop` (errors are logged)."""
         def loop() -> None:
             while not self._stop.wait(interval_s):
                 try:

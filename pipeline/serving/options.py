@@ -69,6 +69,7 @@ class ServerOptions:
     request_log_sample_rate: float = 1.0
     request_log_dir: Path = field(default_factory=request_log_dir)
     shutdown_grace_s: float = 10.0
+    workers: int = 1  # server processes on the same ports (pipeline/serving/workers.py)
 
 
 def parse_text_proto(text: str) -> dict[str, Any]:
@@ -251,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--request_log_dir", default=None, help="default: PIPELINE_HOME/request_logs")
     flag("--shutdown_grace_seconds", type=float, default=10.0,
          help="how long in-flight requests may take to finish on SIGINT/SIGTERM")
+    flag("--workers", type=int, default=1,
+         help="server processes sharing the REST and gRPC ports, each loading every model (0 = one per core); "
+              "more than one adds a supervisor that restarts them")
     return parser
 
 
@@ -268,6 +272,8 @@ def parse_args(argv: list[str]) -> ServerOptions:
         parser.error("--model_name needs --model_base_path")
     if not 0.0 <= args.request_log_sample_rate <= 1.0:
         parser.error("--request_log_sample_rate must be within [0, 1]")
+    if args.workers < 0:
+        parser.error("--workers must be >= 0")
     models: tuple[ModelConfig, ...] = ()
     serve_base = None
     config_file = Path(args.model_config_file).resolve() if args.model_config_file else None
@@ -305,4 +311,5 @@ def parse_args(argv: list[str]) -> ServerOptions:
         request_log_sample_rate=args.request_log_sample_rate,
         request_log_dir=Path(args.request_log_dir).resolve() if args.request_log_dir else request_log_dir(),
         shutdown_grace_s=args.shutdown_grace_seconds,
+        workers=args.workers or os.cpu_count() or 1,
     )

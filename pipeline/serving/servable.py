@@ -15,6 +15,7 @@ import numpy as np
 from pipeline import contracts
 from pipeline.serving.codec import DTYPE_NAMES, NUMPY_DTYPES
 from pipeline.serving.errors import Code, ServingError, from_exception, invalid
+from pipeline.serving.tf_call import SignatureCall
 
 PREDICT_METHOD = "tensorflow/serving/predict"
 CLASSIFY_METHOD = "tensorflow/serving/classify"
@@ -33,7 +34,8 @@ class Signature:
     inputs: dict[str, int]  # alias -> DataType
     feeds: dict[str, str]  # alias -> tensor name (for messages)
     outputs: dict[str, int]
-    fn: Any
+    fn: Any  # the loaded ConcreteFunction
+    call: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]  # numpy in, numpy out (tf_call.SignatureCall)
 
 
 def version_ready(path: Path) -> bool:
@@ -92,13 +94,16 @@ class Servable:
             fn = self._loaded.signatures.get(sig_name) if sig_name in self._loaded.signatures else None
             if fn is None:
                 continue
+            inputs = {alias: info.dtype for alias, info in sig_def.inputs.items()}
             self.signatures[sig_name] = Signature(
                 name=sig_name,
                 method_name=sig_def.method_name,
-                inputs={alias: info.dtype for alias, info in sig_def.inputs.items()},
+                inputs=inputs,
                 feeds={alias: info.name for alias, info in sig_def.inputs.items()},
                 outputs={alias: info.dtype for alias, info in sig_def.outputs.items()},
                 fn=fn,
+                call=SignatureCall(fn, {alias: tf.dtypes.as_dtype(dtype) for alias, dtype in inputs.items()},
+                                   f"{name}/{version}/{sig_name}"),
             )
         self._batchers: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -107,13 +112,8 @@ class Servable:
     # ------------------------------------------------------------------------------------------- calls
     def run(self, signature: Signature, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Call a signature on numpy inputs (already named and typed as it expects)."""
-        import tensorflow as tf
-
         try:
-            tensors = {alias: tf.constant(value, dtype=tf.dtypes.as_dtype(signature.inputs[alias]))
-                       for alias, value in inputs.items()}
-            outputs = signature.fn(**tensors)
-            return {alias: value.numpy() for alias, value in outputs.items()}
+            return signature.call(inputs)
         except Exception as exc:  # TF op errors keep their code; anything else is a bad input
             raise from_exception(exc) from None
 

@@ -189,3 +189,44 @@ def test_request_tensors_read_without_tensorflow_equal_make_ndarray():
             got, want = tensor_from_proto(proto, "x"), tf.make_ndarray(proto)
             want = want.astype(object) if want.dtype.kind == "S" else want
             assert got.dtype == want.dtype and got.shape == want.shape and (got == want).all(), (case, got, want)
+
+
+def test_signatures_are_called_directly_and_answer_as_the_public_call_does(templates):
+    """The server calls a signature's graph function directly (pipeline/serving/tf_call.py: half the CPU of
+    ``fn(**tensors)``), through TensorFlow internals. If this fails, TensorFlow changed them: the server still
+    answers (through the public call) but slower; update ``direct_call``."""
+    import tensorflow as tf
+
+    from pipeline.serving.tf_call import SignatureCall, direct_call
+
+    fn = tf.saved_model.load(str(templates["penguins_1"])).signatures["serving_default"]
+    assert direct_call(fn) is not None, "TensorFlow internals used by pipeline/serving/tf_call.py changed"
+    call = SignatureCall(fn, {"bill_length_mm": tf.float32, "island": tf.string}, "penguins")
+    inputs = {"bill_length_mm": np.array([39.1, np.nan], np.float32),
+              "island": np.array([b"Biscoe", b"Nowhere"], dtype=object)}
+    got, want = call(inputs), call.public(inputs)
+    assert call.direct, "the direct call failed and was given up (see the log)"
+    assert set(got) == set(want) == {"probabilities", "classes"}
+    for alias in want:
+        assert got[alias].dtype == want[alias].dtype and (got[alias] == want[alias]).all()
+    with pytest.raises(tf.errors.InvalidArgumentError):  # a graph error keeps its class (and so its code)
+        call({"bill_length_mm": np.array([[1.0, 2.0]], np.float32), "island": np.array([b"Biscoe"], dtype=object)})
+    assert call.direct
+
+
+def test_a_broken_direct_call_falls_back_to_the_public_call(templates):
+    import tensorflow as tf
+
+    from pipeline.serving.tf_call import SignatureCall
+
+    fn = tf.saved_model.load(str(templates["penguins_1"])).signatures["serving_default"]
+    call = SignatureCall(fn, {"bill_length_mm": tf.float32, "island": tf.string}, "penguins")
+    inputs = {"bill_length_mm": np.array([39.1], np.float32), "island": np.array([b"Biscoe"], dtype=object)}
+
+    def changed(*tensors):
+        raise TypeError("call_flat() got an unexpected keyword argument")
+    call._flat = changed  # as if TensorFlow had changed the private call
+    assert (call(inputs)["probabilities"] == call.public(inputs)["probabilities"]).all()
+    assert not call.direct
+    with pytest.raises(ValueError, match="could not convert string to float"):  # bad inputs: the public error
+        call({"bill_length_mm": np.array(["x"], dtype=object), "island": np.array([b"Biscoe"], dtype=object)})

@@ -62,7 +62,6 @@ def test_a_name_derived_from_a_file_is_made_valid():
     (_raw(labells={}), "unknown key 'labells' at the top level; did you mean 'labels'?"),
     (_raw(task="ranking"), "task: must be one of classification or regression, got 'ranking'"),
     (_raw(split={"train": 0.9, "val": 0.2, "test": 0.1}), "split: ratios must sum to 1"),
-    (_raw(split={"strategy": "hash"}), "split.key_column: required by strategy 'hash'"),
     (_raw(split={"strategy": "time"}), "split.time_column: required by strategy 'time'"),
     (_raw(split={"strategy": "hash", "key_column": "y"}), "split.key_column: 'y' is the label"),
     (_raw(split={"seed": -1}), "split.seed: must be >= 0, got -1"),

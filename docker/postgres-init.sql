@@ -1,3 +1,0 @@
--- The MLflow tracking server gets its own database and role next to Airflow's.
-CREATE ROLE mlflow LOGIN PASSWORD 'airflow';
-CREATE DATABASE mlflow OWNER mlflow;

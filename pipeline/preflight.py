@@ -1,0 +1,109 @@
+"""Checks a command runs before it starts Airflow: what would otherwise fail its first task, after Airflow,
+MLflow and the retries have spent their seconds, is refused at once with one line.
+
+``pipeline train``: the config loads (every key checked, :mod:`pipeline.config`), the source exists, is a readable
+CSV or Parquet file, and its header (a CSV's first line, a Parquet file's schema) holds the label column.
+``pipeline monitor``: its config file loads and the files it names exist. Each check returns the problem as one
+line naming the file, the column or the key, or None; the tasks still check everything again when they run (a
+file can change in between), so these checks only decide whether starting is worth it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+
+def train_problem(params: Mapping[str, Any]) -> str | None:
+    """Why the ``training_pipeline`` run of ``params`` (the DAG run conf of ``pipeline train``) would fail at
+    once, or None.
+
+    Only local sources are checked (a path, ``file://`` or ``pkg://``); another URI is the ingest task's to read.
+    """
+    from pipeline.config import ConfigError
+    from pipeline.ingest import IngestError, resolve_source
+    from pipeline.tasks import resolve_run_config
+
+    try:
+        cfg = resolve_run_config(params)
+    except ConfigError as exc:
+        return str(exc)
+    if "://" in cfg.source and not cfg.source.startswith(("file://", "pkg://")):
+        return None
+    try:
+        path = resolve_source(cfg.source)
+        columns = source_columns(path)
+    except IngestError as exc:
+        return str(exc)
+    return label_problem(path, columns, cfg.label)
+
+
+def source_columns(path: Path) -> list[str]:
+    """The column names of a CSV or Parquet file, read from its header alone (a CSV's first line, parsed as the
+    ingest stage parses the whole file; a Parquet file's schema).
+
+    Raises:
+        IngestError: the file is missing, not a file, unreadable, empty, of another type, or its header cannot
+            be parsed (the message names the file).
+    """
+    from pipeline.ingest import SUPPORTED, IngestError
+
+    kind = SUPPORTED.get(path.suffix.lower())
+    if kind is None:
+        raise IngestError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .parquet")
+    if not path.exists():
+        raise IngestError(f"{path}: file does not exist")
+    if not path.is_file():
+        raise IngestError(f"{path}: not a file")
+    try:
+        with open(path, "rb") as fh:
+            empty = not fh.read(1)
+    except OSError as exc:
+        raise IngestError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    if empty:
+        raise IngestError(f"{path}: file is empty")
+    try:
+        if kind == "csv":
+            import pandas as pd
+
+            return [str(c) for c in pd.read_csv(path, nrows=0).columns]
+        import pyarrow.parquet as pq
+
+        return list(pq.read_schema(path).names)
+    except Exception as exc:  # the parser's message says where; keep it, prefixed with the file
+        raise IngestError(f"{path}: cannot be parsed as {kind}: {exc}") from exc
+
+
+def label_problem(path: Path, columns: list[str], label: str) -> str | None:
+    """Why ``columns`` (the header of ``path``) cannot be trained on for ``label``, or None: the columns must
+    have distinct model input names (:func:`pipeline.features.key_columns`) and one of them must be the label,
+    compared by those names, as the ingest stage compares them."""
+    from pipeline.features import column_key, key_columns
+
+    try:
+        keys = key_columns(columns)
+    except ValueError as exc:
+        return f"{path}: {exc}"
+    if column_key(label) not in keys.values():
+        return f"{path}: label column {label!r} not found; columns are {', '.join(columns)}"
+    return None
+
+
+def monitor_problem(params: Mapping[str, Any]) -> str | None:
+    """Why the ``drift_monitor`` run of ``params`` (the DAG run conf of ``pipeline monitor``) would fail at once,
+    or None: its config file (the ``monitoring:`` section and the model name) must load, and the window and
+    labels files it names must exist."""
+    from pipeline.monitoring.tasks import MonitorInputError, load_config
+
+    for key, what in (("config", "config file"), ("current", "window file"), ("labels", "labels file")):
+        value = params.get(key)
+        if value and not Path(value).exists():
+            return f"{value} does not exist ({what}, --{key})"
+        if value and not Path(value).is_file():
+            return f"{value} is not a file ({what}, --{key})"
+    try:
+        load_config(params)
+    except MonitorInputError as exc:
+        return str(exc)
+    except Exception as exc:  # YAML that does not parse, a file that cannot be read
+        return f"{params.get('config') or 'the default config'}: cannot be read: {exc}".replace("\n", " ")
+    return None
