@@ -41,8 +41,12 @@ $(PROD_STAMP): $(STAMP) docker/requirements-prod.txt
 	$(BIN)/python -m pip install --quiet -r requirements.txt -r docker/requirements-prod.txt
 	touch $(PROD_STAMP)
 
+# Also Chromium (Debian's package), for the MLflow UI's browser test (tests/e2e/test_mlflow_comparison.py skips without it).
 system-packages:
 	bash scripts/system-packages.sh
+	command -v chromium >/dev/null || command -v chromium-browser >/dev/null || { command -v apt-get >/dev/null && \
+	  s=$$([ "$$(id -u)" = 0 ] || echo sudo) && $$s apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$s apt-get install -y -qq chromium; } || echo "system-packages: install chromium yourself"
 
 test-production: $(PROD_STAMP) system-packages
 	PIPELINE_TEST_PRODUCTION=1 $(BIN)/python -m pytest -q --durations=5 tests/production

@@ -143,7 +143,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--write-docs", action="store_true")
     args = parser.parse_args()
-    rows = []
+    rows, load_before = [], os.getloadavg()
     for title, private, public, measure in CASES:
         times = {"private": [], "public": []}
         for _ in range(args.repeats):
@@ -157,7 +157,9 @@ def main() -> None:
              f"Command: `.venv/bin/python benchmarks/internals.py --repeats {args.repeats} --write-docs` (machine: "
              f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}); fresh interpreters, "
              "median of the repeats. Each private API sits in `pipeline/internals.py` with a public fallback and "
-             "a test that fails when it changes (`tests/unit/test_internals.py`).", "",
+             "a test that fails when it changes (`tests/unit/test_internals.py`). Load average (1 min) "
+             f"{load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after: other jobs share the cores, so read the "
+             "ratios.", "",
              "| what | with the private API | public path | private (s) | public (s) | saved (s) |",
              "|---|---|---|---:|---:|---:|"]
     for title, private, public, priv, pub in rows:

@@ -29,6 +29,9 @@ def airflow_environ(base: dict[str, str] | None = None) -> dict[str, str]:
         # Stage tasks import TensorFlow; the default 30 s would kill a cold start.
         "AIRFLOW__CORE__KILLED_TASK_CLEANUP_TIME": "60",
         "PIPELINE_HOME": str(paths.pipeline_home()),
+        # MLflow's telemetry thread removes an environment variable while task threads read the environment
+        # (a task failed with KeyError: '_MLFLOW_TELEMETRY_SESSION_ID'); and no data leaves the machine.
+        "MLFLOW_DISABLE_TELEMETRY": "true",
     }
     for key, value in defaults.items():
         env.setdefault(key, value)

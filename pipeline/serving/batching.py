@@ -8,6 +8,7 @@ back by rows. Work queued when a batcher closes still runs.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 from concurrent.futures import Future
@@ -17,6 +18,8 @@ import numpy as np
 
 from pipeline.serving.errors import Code, ServingError, from_exception, invalid
 from pipeline.serving.options import BatchingOptions
+
+log = logging.getLogger("pipeline.serving")
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 
@@ -72,8 +75,8 @@ class Batcher:
                 self._queue.append(task)
                 self._queued_rows += rows
                 self._cond.notify()
-        if closed:  # the version was unloaded after this request resolved it: run unbatched
-            self._run_alone(task)
+        if closed and task.future.set_running_or_notify_cancel():  # the version was unloaded after this
+            self._run_alone(task)  # request resolved it: run unbatched
         return task.future
 
     def close(self) -> None:
@@ -110,7 +113,9 @@ class Batcher:
                     kept.append(task)
             self._queue.extendleft(reversed(kept))
             self._queued_rows -= rows
-            return batch
+        # A task whose caller gave up (a timeout or a cancelled call cancels its future) is dropped here; once
+        # running, a future can no longer be cancelled, so setting its result below cannot fail.
+        return [task for task in batch if task.future.set_running_or_notify_cancel()]
 
     def _loop(self) -> None:
         while True:
@@ -118,7 +123,13 @@ class Batcher:
             if batch is None:
                 return
             if batch:
-                self._process(batch)
+                try:
+                    self._process(batch)
+                except BaseException as exc:  # never lose a batch thread (its tasks get the error)
+                    log.exception("batcher: a batch failed unexpectedly")
+                    for task in batch:
+                        if not task.future.done():
+                            task.future.set_exception(from_exception(exc))
 
     def _process(self, batch: list[_Task]) -> None:
         rows = sum(task.rows for task in batch)

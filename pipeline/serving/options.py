@@ -63,7 +63,7 @@ class ServerOptions:
     allow_labels_for_unavailable: bool = False
     enable_warmup: bool = True
     rest_threads: int = 4
-    grpc_threads: int = 16
+    grpc_threads: int = 4
     max_request_bytes: int = 64 << 20
     request_log: bool = False
     request_log_sample_rate: float = 1.0
@@ -243,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     flag("--enable_model_warmup", type=_bool, nargs="?", const=True, default=True)
     flag("--rest_api_num_threads", type=int, default=max(4, 2 * (os.cpu_count() or 1)),
          help="threads running model calls for REST requests when batching is off")
-    flag("--grpc_max_threads", type=int, default=16)
+    flag("--grpc_max_threads", type=int, default=max(4, 2 * (os.cpu_count() or 1)),
+         help="threads handling gRPC calls (each runs its calls start to end, model call included)")
     flag("--max_request_bytes", type=int, default=64 << 20,
          help="largest accepted request body / gRPC message (413 / RESOURCE_EXHAUSTED above)")
     flag("--request_log", type=_bool, nargs="?", const=True, default=False,

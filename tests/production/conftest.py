@@ -1,13 +1,15 @@
-"""Fixtures of the production tests: the topology of scripts/topology.py (real Postgres, Redis, Airflow with the
-CeleryExecutor and two workers, MLflow with basic auth, ``pipeline serve``), started once for the tests that need
-it and stopped, process group by process group, whatever they do.
+"""Fixtures of the production tests: the topology of scripts/topology.py (real Postgres, Redis, Airflow with
+the CeleryExecutor and two workers, MLflow with basic auth, ``pipeline serve``), started once for the tests
+that need it and stopped, process group by process group, whatever they do.
 
-The topology takes minutes and needs PostgreSQL, Redis and the production extras (docker/requirements-prod.txt):
-its tests run under ``make test-production``, which installs them and sets PIPELINE_TEST_PRODUCTION=1; elsewhere
-they are skipped. The compose-file and ``pipeline trigger`` tests need none of it and always run.
+The topology takes minutes and needs PostgreSQL, Redis and the production extras
+(docker/requirements-prod.txt): its tests run under ``make test-production``, which installs them and sets
+PIPELINE_TEST_PRODUCTION=1; elsewhere they are skipped. The compose-file and ``pipeline trigger`` tests need
+none of it and always run.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -28,8 +30,8 @@ def pytest_configure(config):
 
 @pytest.fixture(scope="session")
 def topo(tmp_path_factory):
-    """The running topology under a throw-away directory; stopped at the end of the session, after which none of
-    the processes it started (nor their descendants) may be left."""
+    """The running topology under a throw-away directory; stopped at the end of the session, after which none
+    of the processes it started (nor their descendants) may be left."""
     if not RUN_TOPOLOGY:
         pytest.skip("the production topology runs under `make test-production` (PIPELINE_TEST_PRODUCTION=1)")
     import psutil
@@ -51,8 +53,8 @@ def topo(tmp_path_factory):
         yield started
     finally:
         started.stop()
-        _, alive = psutil.wait_procs(processes, timeout=10)
-        left = [f"{p.pid} {' '.join(p.cmdline())[:120]}" for p in alive if p.is_running()]
-        for proc in alive:
-            proc.kill()
-        assert not left, f"processes left running after stop(): {left}"
+        left = topology.still_running(processes, timeout_s=10)
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        assert not left, f"processes left running after stop(): {[p.pid for p in left]}"

@@ -1,4 +1,4 @@
-"""A stand-in for the few endpoints of Airflow 3's REST API (and one of MLflow's) that ``pipeline trigger`` calls,
+"""A stand-in for the endpoints of Airflow 3's REST API (and one of MLflow's) that ``pipeline trigger`` calls,
 answering as the real ones do (shapes taken from Airflow 3.3's api-server): sign-in, a DAG, a run whose tasks
 move through a scripted sequence of states, return values, structured task logs. Records every request."""
 from __future__ import annotations
@@ -94,7 +94,7 @@ class FakeAirflow:
         """The bodies of the requests of ``method`` whose path matches ``pattern``."""
         return [b for m, p, b in self.requests if m == method and re.search(pattern, p)]
 
-    # -- the API -------------------------------------------------------------------------------------------------
+    # -- the API ---------------------------------------------------------------------------------------------
     def answer(self, method: str, path: str, body: Any, auth: str | None) -> tuple[int, Any]:
         path = path.split("?", 1)[0]
         if path.startswith("/api/2.0/mlflow/runs/get"):
@@ -140,7 +140,8 @@ class FakeAirflow:
         if match:
             if match.group(1) not in self.xcoms:
                 return 404, {"detail": "XCom entry with key: `return_value` not found"}
-            return 200, {"key": "return_value", "task_id": match.group(1), "value": self.xcoms[match.group(1)]}
+            task = match.group(1)
+            return 200, {"key": "return_value", "task_id": task, "value": self.xcoms[task]}
         match = re.fullmatch(rf"{re.escape(run)}/taskInstances/(\w+)/logs/(\d+)", path)
         if match:
             return 200, {"content": self.logs.get(match.group(1), []), "continuation_token": None}

@@ -1,7 +1,8 @@
-"""docker/docker-compose.yml against the topology the production test runs as processes (scripts/topology.py):
-the same services and commands, the same settings, secrets only from the generated env file, the serving directory
-mounted as a directory with the generated models.config, and only the UI and serving ports published, on
-127.0.0.1 unless configured. No Docker engine is needed: the file is parsed and interpolated as compose does."""
+"""docker/docker-compose.yml against the topology the production test runs as processes
+(scripts/topology.py): the same services and commands, the same settings, secrets only from the generated env
+file, the serving directory mounted as a directory with the generated models.config, and only the UI and
+serving ports published, on 127.0.0.1 unless configured. No Docker engine is needed: the file is parsed and
+interpolated as compose does."""
 from __future__ import annotations
 
 import re
@@ -64,7 +65,8 @@ def test_the_services_are_the_topologys_components(compose):
     # the one-shot steps and the MLflow server are the scripts the topology runs
     assert compose["airflow-init"]["command"] == ["bash", f"/opt/pipeline/docker/{topology.INIT.name}"]
     assert compose["mlflow"]["command"] == ["bash", f"/opt/pipeline/docker/{topology.MLFLOW_SERVER.name}"]
-    assert f"./{topology.POSTGRES_INIT.name}:/docker-entrypoint-initdb.d/10-pipeline.sh:ro" in compose["postgres"]["volumes"]
+    init_sql = f"./{topology.POSTGRES_INIT.name}:/docker-entrypoint-initdb.d/10-pipeline.sh:ro"
+    assert init_sql in compose["postgres"]["volumes"]
     dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
     for script in (topology.INIT, topology.MLFLOW_SERVER):
         assert re.search(rf"^COPY .*docker/{script.name}.* \./docker/$", dockerfile, re.M), script.name
@@ -112,7 +114,8 @@ def test_init_secrets_writes_every_secret_of_the_topology_with_generated_values(
     out = tmp_path / "secrets.env"
     script = ROOT / "docker" / "init-secrets.sh"
     subprocess.run(["bash", str(script), str(out)], check=True, capture_output=True)
-    values = dict(line.split("=", 1) for line in out.read_text().splitlines() if line and not line.startswith("#"))
+    lines = [line for line in out.read_text().splitlines() if line and not line.startswith("#")]
+    values = dict(line.split("=", 1) for line in lines)
 
     assert set(values) == set(topology.SECRET_KEYS) == set(topology.Topology(tmp_path / "t").secrets)
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
@@ -127,7 +130,8 @@ def test_init_secrets_writes_every_secret_of_the_topology_with_generated_values(
     before = out.read_text()
     subprocess.run(["bash", str(script), str(out)], check=True, capture_output=True)
     assert out.read_text() == before
-    subprocess.run(["bash", str(script), str(out)], check=True, capture_output=True, env={"FORCE": "1", "PATH": "/usr/bin:/bin"})
+    subprocess.run(["bash", str(script), str(out)], check=True, capture_output=True,
+                   env={"FORCE": "1", "PATH": "/usr/bin:/bin"})
     assert out.read_text() != before
 
 
@@ -137,7 +141,7 @@ def test_serving_follows_the_generated_models_config_in_the_mounted_serving_dire
     # the same flags as `pipeline serve` in the topology, on the image's default ports
     assert serving["command"] == topology.serving_flags(PIPELINE_HOME, "/config/monitoring.config")
     assert f"{PIPELINE_HOME}/serving:{PIPELINE_HOME}/serving:ro" in serving["volumes"]
-    assert not any("models.config" in v for v in serving["volumes"]), "a file mount would miss the deploy's rename"
+    assert not any("models.config" in v for v in serving["volumes"]), "a file mount: no renames"
     assert "./monitoring.config:/config/monitoring.config:ro" in serving["volumes"]
     assert serving["depends_on"] == {"airflow-init": {"condition": "service_completed_successfully"}}
     assert "models.config" in topology.INIT.read_text()  # init.sh writes the first, empty one
@@ -150,7 +154,8 @@ def test_mlflow_runs_its_basic_auth_app_on_postgres(compose):
     assert env["MLFLOW_ARTIFACTS_DESTINATION"] == f"{PIPELINE_HOME}/mlflow/artifacts"
     topo = topology.Topology(ROOT / "unused")
     # the auth app's ini: in the topology's directory there, in the container's temporary directory here
-    for key in set(topo.mlflow_env()) - set(topo.base_env()) - set(topology.SECRET_KEYS) - {"MLFLOW_AUTH_CONFIG_PATH"}:
+    local = {"MLFLOW_AUTH_CONFIG_PATH"}
+    for key in set(topo.mlflow_env()) - set(topo.base_env()) - set(topology.SECRET_KEYS) - local:
         assert key in env, key
     assert topo.secrets["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql")
 

@@ -1,5 +1,6 @@
-"""``pipeline trigger`` against a stand-in Airflow REST API (fake_airflow.py): credentials, params, following a
-run, the summary, exit statuses, and SIGINT ending the run failed. The real api-server is test_topology.py's."""
+"""``pipeline trigger`` against a stand-in Airflow REST API (fake_airflow.py): credentials, params, following
+a run, the summary, exit statuses, and SIGINT ending the run failed. The real api-server is
+test_topology.py's."""
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,10 @@ DEPLOYED = {"parent_run_id": "run123", "model_name": "penguins", "version": 3, "
 
 @pytest.fixture
 def fake(monkeypatch):
-    server = FakeAirflow(xcoms={"ingest": {"parent_run_id": "run123"}, "register": REGISTERED, "deploy": DEPLOYED})
+    server = FakeAirflow(xcoms={"ingest": {"parent_run_id": "run123"}, "register": REGISTERED,
+                                "deploy": DEPLOYED})
     server.start()
-    for var in ("AIRFLOW_USERNAME", "AIRFLOW_PASSWORD", "NETRC", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+    for var in ("NETRC", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AIRFLOW_USERNAME", server.username)
     monkeypatch.setenv("AIRFLOW_PASSWORD", server.password)
@@ -80,8 +82,8 @@ def test_a_failed_run_exits_1_naming_the_task_and_its_error(fake):
     code, out = run(fake)
 
     assert code == 1
-    assert "  validate     failed  1.5 s\n      AirflowFailException: penguins.csv: column 'species': all values are " \
-           "missing" in out
+    assert ("  validate     failed  1.5 s\n"
+            "      AirflowFailException: penguins.csv: column 'species': all values are missing") in out
     assert f"DAG run:          {fake.run_id} (failed)" in out
     assert "Failed tasks:     deploy, evaluate, export, preprocess, register, split, train, validate" in out
 
@@ -106,7 +108,10 @@ def test_nothing_triggered_exits_2(fake, monkeypatch, capsys, case, expected):
         flags = ["--epochs", "0"]
     elif case == "bad --conf":
         flags = ["--conf", "{epochs: 5}"]
-    code, out = (trigger.main(["--airflow", "http://127.0.0.1:1"]), "") if case == "unreachable" else run(fake, *flags)
+    if case == "unreachable":
+        code = trigger.main(["--airflow", "http://127.0.0.1:1"])
+    else:
+        code, _ = run(fake, *flags)
 
     assert code == 2
     assert expected in capsys.readouterr().err
@@ -133,11 +138,13 @@ def test_an_expired_token_is_replaced_by_signing_in_again(fake):
 
 def test_credentials_come_from_the_environment_first_then_a_netrc_entry_of_the_host(tmp_path):
     netrc = tmp_path / "netrc"
-    netrc.write_text("machine airflow.example login alice password from-netrc\ndefault login bob password other\n")
+    netrc.write_text("machine airflow.example login alice password from-netrc\n"
+                     "default login bob password other\n")
     netrc.chmod(0o600)
     url = "http://airflow.example:8080"
 
-    assert trigger.credentials(url, str(netrc), {"AIRFLOW_USERNAME": "u", "AIRFLOW_PASSWORD": "p"}) == ("u", "p")
+    environ = {"AIRFLOW_USERNAME": "u", "AIRFLOW_PASSWORD": "p"}
+    assert trigger.credentials(url, str(netrc), environ) == ("u", "p")
     assert trigger.credentials(url, str(netrc), {}) == ("alice", "from-netrc")
     assert trigger.credentials(url, None, {"NETRC": str(netrc)}) == ("alice", "from-netrc")
     assert trigger.credentials("http://elsewhere:8080", str(netrc), {}) == ("bob", "other")
@@ -152,8 +159,8 @@ def test_run_conf_makes_paths_absolute_and_lets_flags_win(tmp_path, monkeypatch)
     monkeypatch.chdir(tmp_path)
     args = argparse.Namespace(conf='{"epochs": 80, "seed": 3}', config=None, source="data.csv", label="y",
                               model_name="m", epochs=5, max_minutes=None)
-    assert trigger.run_conf(args) == {"epochs": 5, "seed": 3, "config": "", "source": str(tmp_path / "data.csv"),
-                                      "label": "y", "model_name": "m"}
+    assert trigger.run_conf(args) == {"epochs": 5, "seed": 3, "config": "", "label": "y", "model_name": "m",
+                                      "source": str(tmp_path / "data.csv")}
     args.source = "s3://bucket/data.csv"
     assert trigger.run_conf(args)["source"] == "s3://bucket/data.csv"
     args.conf = "[1]"
@@ -166,8 +173,8 @@ def test_sigint_ends_the_dag_run_failed_and_exits_130(fake):
     fake.hold = True  # the run stays at its first step until the command marks it failed
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "trigger", "--airflow", fake.url,
-                             "--poll-seconds", "0.05"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=True)
+                             "--poll-seconds", "0.05"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
         while not any(p.split("?")[0].endswith("/taskInstances") for _, p, _ in fake.requests):
@@ -182,6 +189,7 @@ def test_sigint_ends_the_dag_run_failed_and_exits_130(fake):
             proc.wait()
 
     assert proc.returncode == 130, out
-    assert fake.calls("PATCH", r"/dagRuns/") == [{"state": "failed", "note": "interrupted by SIGINT (pipeline trigger)"}]
+    note = "interrupted by SIGINT (pipeline trigger)"
+    assert fake.calls("PATCH", r"/dagRuns/") == [{"state": "failed", "note": note}]
     assert "Interrupted:      by SIGINT; the DAG run ended failed" in out
     assert f"DAG run:          {fake.run_id} (failed, interrupted by SIGINT)" in out

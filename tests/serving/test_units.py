@@ -158,6 +158,31 @@ def test_batcher_keeps_a_bad_request_from_failing_its_neighbours():
     batcher.close()
 
 
+def test_batcher_survives_callers_that_gave_up():
+    """A request that timed out (or whose call was cancelled) cancels its future while queued: the batcher
+    drops it and goes on serving, instead of losing its thread to ``InvalidStateError``."""
+    entered, gate = threading.Event(), threading.Event()
+    calls = []
+
+    def run(inputs):
+        entered.set()
+        gate.wait(10)
+        calls.append(inputs["x"].tolist())
+        return {"y": inputs["x"]}
+
+    batcher = Batcher(run, BatchingOptions(8, 0, 100, 1), "t")
+    blocker = batcher.submit({"x": np.array([0.0], np.float32)}, 1)
+    assert entered.wait(10)
+    gone = batcher.submit({"x": np.array([1.0], np.float32)}, 1)
+    assert gone.cancel()
+    kept = batcher.submit({"x": np.array([2.0], np.float32)}, 1)
+    gate.set()
+    assert blocker.result(10)["y"].tolist() == [0.0] and kept.result(10)["y"].tolist() == [2.0]
+    assert calls == [[0.0], [2.0]]  # the cancelled request was never run
+    assert batcher.submit({"x": np.array([3.0], np.float32)}, 1).result(10)["y"].tolist() == [3.0]
+    batcher.close()
+
+
 def test_request_log_sampling_and_columnar_records(tmp_path):
     assert not RequestLog(tmp_path, 0.0).sampled()
     log = RequestLog(tmp_path, 1.0)
