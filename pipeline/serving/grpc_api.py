@@ -3,9 +3,9 @@ grpc's threaded server (``grpc.server``).
 
 Each call runs start to end on one of ``--grpc_max_threads`` handler threads: the request is read and checked,
 the model called (on the batcher with ``--enable_batching``, else right there) and the answer written, with no
-hop to an event loop and back. grpc's C core does the network I/O without the GIL. Measured against ``grpc.aio``
-in the REST server's event loop with the model call on a pool (docs/serving.md): this costs a third less CPU
-per call and is what lets gRPC keep up with REST. Status codes are the TF codes one to one, messages truncated
+hop to an event loop and back; grpc's C core does the network I/O without the GIL. Against ``grpc.aio`` in the
+REST server's event loop with the model call on a pool, this answered twice the calls per second on 2 cores
+(docs/serving.md, "Design and performance"). Status codes are the TF codes one to one, messages truncated
 like the real server's (1024 characters + ``...TRUNCATED``).
 """
 from __future__ import annotations

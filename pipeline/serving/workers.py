@@ -11,7 +11,7 @@ connections over them. The supervisor
   bad flag or model would fail every restart), waiting longer between restarts of a worker that keeps dying;
 - forwards SIGTERM/SIGINT to the workers (each finishes its requests in flight, as a single server does) and
   exits when they all have; a second signal is forwarded too and stops them at once;
-- owns a temporary directory, removed on exit, holding the Prometheus files of every worker
+- owns a temporary directory, removed on exit (or by the next supervisor, if this one was killed), holding the Prometheus files of every worker
   (``prometheus_client``'s multiprocess mode: any worker's metrics endpoint shows the sums over all workers)
   and the ``HandleReloadConfigRequest`` configs passed between workers (:class:`ConfigBroadcast`).
 
@@ -41,6 +41,7 @@ ENV_STATE = "PIPELINE_SERVING_STATE_DIR"
 ENV_LIFELINE = "PIPELINE_SERVING_LIFELINE_FD"  # read end of a pipe the supervisor holds open
 ENV_READY = "PIPELINE_SERVING_READY_FD"  # write end: one byte once the worker serves
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
+STATE_PREFIX = "pipeline-serve-"  # + "<supervisor pid>-<random>" under the temporary directory
 
 RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # for a worker that dies again within STABLE_S
 STABLE_S = 30.0
@@ -143,7 +144,8 @@ def supervise(host: str, ports: list[int], count: int, argv: list[str]) -> int:
             sock.close()
         log.error("cannot start: %s:%s: %s", host, port, exc.strerror or exc)
         return 1
-    state_dir = Path(tempfile.mkdtemp(prefix="pipeline-serve-"))
+    remove_stale_state_dirs()
+    state_dir = Path(tempfile.mkdtemp(prefix=f"{STATE_PREFIX}{os.getpid()}-"))
     (state_dir / "metrics").mkdir()
     lifeline_r, lifeline_w = os.pipe()
     signals: list[int] = []
@@ -205,6 +207,26 @@ def supervise(host: str, ports: list[int], count: int, argv: list[str]) -> int:
         for sock in held:
             sock.close()
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def remove_stale_state_dirs(root: Path | None = None) -> list[Path]:
+    """Remove the state directories of supervisors that are gone (killed before they could remove their own);
+    returns them. A directory is named after its supervisor's pid."""
+    removed = []
+    for path in Path(root or tempfile.gettempdir()).glob(f"{STATE_PREFIX}*-*"):
+        pid = path.name[len(STATE_PREFIX):].split("-", 1)[0]
+        if not pid.isdigit() or not path.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its supervisor (or a process that took its pid) is alive: keep it
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
 
 
 def _spawn(child: _Child, count: int, argv: list[str], state_dir: Path, lifeline_r: int) -> None:

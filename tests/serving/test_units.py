@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import threading
 
 import numpy as np
@@ -111,6 +112,10 @@ def test_flags_follow_tf_serving(tmp_path, monkeypatch):
     default = parse_args([])
     assert (default.grpc_port, default.rest_port, default.host) == (8500, 8501, "127.0.0.1")
     assert default.serve_base == tmp_path / "serving" and default.batching is None and not default.request_log
+    assert default.workers == 1 and parse_args(["--workers", "0"]).workers == (os.cpu_count() or 1)
+    assert default.grpc_threads == default.rest_threads == max(4, 2 * (os.cpu_count() or 1))
+    with pytest.raises(SystemExit):
+        parse_args(["--workers", "-1"])
 
 
 def test_batcher_merges_and_splits():

@@ -65,8 +65,8 @@ def fresh_post(server: ServerProcess, path: str, body, request_id: str) -> reque
                                                                             "Connection": "close"}, timeout=60)
 
 
-def log_pids(server: ServerProcess, prefix: str, model: str = "penguins") -> dict[str, int]:
-    """Request id -> pid of the worker that logged it, for the ids starting with ``prefix``."""
+def log_pids(server: ServerProcess, prefix: str, model: str = "penguins") -> dict[str, tuple[int, int]]:
+    """Request id -> (pid of the worker that logged it, model version), for the ids starting with ``prefix``."""
     found = {}
     for path in (server.request_log_dir / model).glob("*/*.jsonl"):
         pid = int(path.stem.split("-")[1])
@@ -75,6 +75,14 @@ def log_pids(server: ServerProcess, prefix: str, model: str = "penguins") -> dic
             if record["request_id"].startswith(prefix):
                 found[record["request_id"]] = (pid, record["model_version"])
     return found
+
+
+def logged(server: ServerProcess, prefix: str, count: int, model: str = "penguins") -> dict[str, tuple[int, int]]:
+    """Waits until the request log holds ``count`` requests whose id starts with ``prefix``."""
+    def complete():
+        found = log_pids(server, prefix, model)
+        return found if len(found) == count else None
+    return wait_for(complete, timeout=30, what="request log records")
 
 
 def spread(server: ServerProcess, prefix: str, path: str = "/v1/models/penguins:predict", body=None,
@@ -89,8 +97,7 @@ def spread(server: ServerProcess, prefix: str, path: str = "/v1/models/penguins:
             assert response.status_code == 200, response.text
             sent += 1
         if sent >= minimum:
-            found = wait_for(lambda: (lambda f: f if len(f) == sent else None)(log_pids(server, prefix, model)),
-                             timeout=30, what="request log records")
+            found = logged(server, prefix, sent, model)
             if len({pid for pid, _ in found.values()}) == 2:
                 return found
     raise AssertionError(f"{sent} requests on fresh connections never reached both workers")
@@ -123,7 +130,7 @@ def test_both_workers_answer_and_metrics_sum_over_them(pool):
     found = spread(pool, "both")
     pids = {pid for pid, _ in found.values()}
     assert pids == workers  # each of the two workers served some of them
-    labels = dict(model_name="penguins", version="1", entrypoint="REST", API="predict", status="OK")
+    labels = {"model_name": "penguins", "version": "1", "entrypoint": "REST", "API": "predict", "status": "OK"}
     # Any worker answers the scrape with the sum over both (these requests are the only ones so far).
     for _ in range(4):
         scraped = requests.get(pool.url + METRICS, headers={"Connection": "close"}, timeout=60).text
@@ -147,8 +154,7 @@ def test_grpc_is_served_by_both_workers(pool):
             stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
             stub.Predict(penguins_request(), timeout=60, metadata=[("x-request-id", f"grpc-{i}")])
         if i >= 9 and i % 10 == 9:
-            found = wait_for(lambda: (lambda f: f if len(f) == i + 1 else None)(log_pids(pool, "grpc-")),
-                             timeout=30, what="request log records")
+            found = logged(pool, "grpc-", i + 1)
             pids = {pid for pid, _ in found.values()}
             if len(pids) == 2:
                 break
@@ -188,8 +194,10 @@ def test_a_killed_worker_is_replaced(pool):
     served = len(re.findall(r"worker \d+ \(pid \d+\) serving", pool.log_path.read_text()))
     os.kill(victim, signal.SIGKILL)
     wait_workers_serving(pool, 1, after=served)
-    after = wait_for(lambda: (lambda c: c if len(c) == 2 and victim not in c else None)(children(pool.proc.pid)),
-                     what="a new worker")
+    def replaced() -> set[int] | None:
+        now = children(pool.proc.pid)
+        return now if len(now) == 2 and victim not in now else None
+    after = wait_for(replaced, what="a new worker")
     assert after & before == before - {victim}
     # The replacement serves what the others serve, including the config reloaded through gRPC before it started.
     found = spread(pool, "replaced-half", "/v1/models/half_plus_two:predict", {"instances": [2.0]},
@@ -214,9 +222,14 @@ def test_a_killed_supervisor_takes_its_workers_with_it(templates, tmp_path):
         wait_workers_serving(server, 2)
         workers = children(server.proc.pid)
         assert len(workers) == 2
+        (state_dir,) = _state_dirs(server)
         os.kill(server.proc.pid, signal.SIGKILL)
         server.proc.wait(timeout=30)
         wait_for(lambda: not any(alive(pid) for pid in workers), timeout=60, what="workers to stop")
+        assert state_dir.exists()  # nobody left to remove it: the next supervisor does
+        from pipeline.serving.workers import remove_stale_state_dirs
+
+        assert state_dir in remove_stale_state_dirs(state_dir.parent) and not state_dir.exists()
     finally:
         server.stop(signal.SIGKILL)
 
