@@ -59,11 +59,12 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_source(path: Path, chunk_rows: int = CHUNK_ROWS):
-    """Read a CSV or Parquet file into a DataFrame, chunk by chunk so that parsing memory stays bounded."""
-    import pandas as pd
-    import pyarrow.parquet as pq
+def check_source_file(path: Path) -> str:
+    """The kind of ``path`` (``csv`` or ``parquet``) once it is known to be a readable, non-empty file of one.
 
+    Raises:
+        IngestError: the file is of another type, missing, not a file, unreadable or empty (the message names it).
+    """
     kind = SUPPORTED.get(path.suffix.lower())
     if kind is None:
         raise IngestError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .parquet")
@@ -71,8 +72,22 @@ def read_source(path: Path, chunk_rows: int = CHUNK_ROWS):
         raise IngestError(f"{path}: file does not exist")
     if not path.is_file():
         raise IngestError(f"{path}: not a file")
-    if path.stat().st_size == 0:
+    try:
+        with open(path, "rb") as fh:
+            empty = not fh.read(1)
+    except OSError as exc:
+        raise IngestError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    if empty:
         raise IngestError(f"{path}: file is empty")
+    return kind
+
+
+def read_source(path: Path, chunk_rows: int = CHUNK_ROWS):
+    """Read a CSV or Parquet file into a DataFrame, chunk by chunk so that parsing memory stays bounded."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    kind = check_source_file(path)
     try:
         if kind == "csv":
             chunks = list(pd.read_csv(path, chunksize=chunk_rows, low_memory=False))

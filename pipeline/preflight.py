@@ -45,22 +45,9 @@ def source_columns(path: Path) -> list[str]:
         IngestError: the file is missing, not a file, unreadable, empty, of another type, or its header cannot
             be parsed (the message names the file).
     """
-    from pipeline.ingest import SUPPORTED, IngestError
+    from pipeline.ingest import IngestError, check_source_file
 
-    kind = SUPPORTED.get(path.suffix.lower())
-    if kind is None:
-        raise IngestError(f"{path}: unsupported file type {path.suffix!r}; use .csv or .parquet")
-    if not path.exists():
-        raise IngestError(f"{path}: file does not exist")
-    if not path.is_file():
-        raise IngestError(f"{path}: not a file")
-    try:
-        with open(path, "rb") as fh:
-            empty = not fh.read(1)
-    except OSError as exc:
-        raise IngestError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
-    if empty:
-        raise IngestError(f"{path}: file is empty")
+    kind = check_source_file(path)
     try:
         if kind == "csv":
             import pandas as pd
