@@ -94,3 +94,30 @@ def check_params(fn: Callable, params: Mapping, label: str) -> None:
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ValueError(f"model.params.{key}: builder {label} has no parameter {key!r} "
                              f"(it takes: {', '.join(known) or 'none'}){hint}")
+    if fn in BUILDERS.values():  # a user's module gives its parameters its own meaning
+        for key, value in params.items():
+            if key in PARAM_CHECKS:
+                problem = PARAM_CHECKS[key](value)
+                if problem:
+                    raise ValueError(f"model.params.{key}: {problem}, got {value!r}")
+
+
+def _number_in(low: float, high: float | None = None, high_open: bool = False):
+    def check(value) -> str | None:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return "must be a number"
+        if value < low:
+            return f"must be >= {low}"
+        if high is not None and (value >= high if high_open else value > high):
+            return f"must be {'<' if high_open else '<='} {high}"
+        return None
+    return check
+
+
+def _boolean(value) -> str | None:
+    return None if isinstance(value, bool) else "must be true or false"
+
+
+# The built-in builders' regularization parameters, checked when the config loads.
+PARAM_CHECKS = {"l1": _number_in(0, 1), "l2": _number_in(0, 1), "dropout": _number_in(0, 1, high_open=True),
+                "batch_norm": _boolean}

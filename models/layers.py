@@ -43,11 +43,21 @@ def encode(inputs: dict, spec: "ModelSpec", *, one_hot_max: int = 0, embedding_d
     return parts[0] if len(parts) == 1 else keras.layers.Concatenate(name="encoded")(parts)
 
 
-def head(x, spec: "ModelSpec"):
+def regularizer(l1: float = 0.0, l2: float = 0.0):
+    """A kernel regularizer with these L1 and L2 penalties (None when both are 0)."""
+    import keras
+
+    if not l1 and not l2:
+        return None
+    return keras.regularizers.L1L2(l1=float(l1), l2=float(l2))
+
+
+def head(x, spec: "ModelSpec", kernel_regularizer=None):
     """Class probabilities (softmax) for classification, one standardized value for regression; float32 even
     under a mixed-precision policy: softmax and loss in float16 lose probability mass."""
     import keras
 
     if spec.task == "classification":
-        return keras.layers.Dense(spec.n_outputs, activation="softmax", dtype="float32", name="probabilities")(x)
-    return keras.layers.Dense(1, dtype="float32", name="value_std")(x)
+        return keras.layers.Dense(spec.n_outputs, activation="softmax", dtype="float32", name="probabilities",
+                                  kernel_regularizer=kernel_regularizer)(x)
+    return keras.layers.Dense(1, dtype="float32", name="value_std", kernel_regularizer=kernel_regularizer)(x)

@@ -28,7 +28,7 @@ SPLIT_STRATEGIES = ("stratified", "random", "hash", "time")
 OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
 PROMOTION_RULES = ("manual", "immediate")
 # the allowed values of the keys below, used as their types (``Literal[OPTIMIZERS]``)
-LR_SCHEDULES = ("warmup_cosine", "constant")
+LR_SCHEDULES = ("warmup_cosine", "cosine", "constant", "exponential", "step", "reduce_on_plateau")
 CLASS_WEIGHTS = ("auto", "balanced", "none")
 RARE_CLASS_RULES = ("error", "merge", "drop")
 # What pipeline.evaluate computes (tests/unit/test_config.py keeps these in step with it); a classification
@@ -187,6 +187,16 @@ class TrainingConfig:
     weight_decay: Annotated[Float, Field(ge=0, lt=1)] = 1e-4   # AdamW only
     lr_schedule: Literal[LR_SCHEDULES] = "warmup_cosine"
     warmup_fraction: Annotated[Float, Field(ge=0, lt=1)] = 0.05  # of the planned steps, for warmup_cosine
+    # exponential: the rate is multiplied by lr_decay_rate every lr_decay_epochs (smoothly; default: the planned
+    # epochs); step: likewise, in steps (default: a third of them); reduce_on_plateau: the factor applied when
+    # the monitored loss has not improved for lr_plateau_patience epochs (default: half the early stopping's)
+    lr_decay_rate: Annotated[Float, Field(gt=0, lt=1)] = 0.1
+    lr_decay_epochs: Optional[Annotated[Int, Field(ge=1, le=10000)]] = None
+    lr_plateau_patience: Optional[Annotated[Int, Field(ge=1)]] = None
+    clipnorm: Optional[Annotated[Float, Field(gt=0)]] = None    # each gradient's norm clipped to this
+    clipvalue: Optional[Annotated[Float, Field(gt=0)]] = None   # each gradient element clipped to +-this
+    label_smoothing: Annotated[Float, Field(ge=0, lt=1)] = 0.0  # classification only
+    tensorboard: StrictBool = False  # TensorBoard logs under the run's directory, logged to MLflow
     early_stopping_patience: Optional[Annotated[Int, Field(ge=1)]] = None
     step_budget: Annotated[Int, Field(ge=1)] = 6000
     min_epochs: Annotated[Int, Field(ge=1, le=10000)] = 10
@@ -200,6 +210,8 @@ class TrainingConfig:
     def _consistent(self) -> "TrainingConfig":
         if self.min_epochs > self.max_epochs:
             raise ValueError(f"min_epochs: {self.min_epochs} is more than max_epochs ({self.max_epochs})")
+        if self.clipnorm is not None and self.clipvalue is not None:
+            raise ValueError("clipvalue: cannot be set together with clipnorm (a Keras optimizer takes one of them)")
         return self
 
 
@@ -495,6 +507,9 @@ def _check(cfg: PipelineConfig) -> None:
     for key in ("key_column", "time_column"):
         if getattr(cfg.split, key) == cfg.label:
             raise ConfigError(f"split.{key}: {cfg.label!r} is the label; the split needs another column")
+    if cfg.task == "regression" and cfg.training.label_smoothing:
+        raise ConfigError(f"training.label_smoothing: applies to classification only, got "
+                          f"{cfg.training.label_smoothing!r} for a regression task")
     if cfg.gate.metric is not None:
         _check_metric(cfg.gate.metric, cfg.task, "gate.metric")
     for metric in cfg.gate.thresholds:

@@ -38,16 +38,17 @@ def train_problem(params: Mapping[str, Any]) -> str | None:
 
 
 def source_columns(path: Path) -> list[str]:
-    """The column names of a CSV or Parquet file, read from its header alone (a CSV's first line, parsed as the
+    """The column names of a CSV or Parquet source (a file, or the first of its shards), read from its header alone (a CSV's first line, parsed as the
     ingest stage parses the whole file; a Parquet file's schema).
 
     Raises:
         IngestError: the file is missing, not a file, unreadable, empty, of another type, or its header cannot
             be parsed (the message names the file).
     """
-    from pipeline.ingest import IngestError, check_source_file
+    from pipeline.ingest import IngestError, source_files
 
-    kind = check_source_file(path)
+    kind, files = source_files(path)
+    path = files[0]  # shards must all have the first one's columns: ingest checks the rest
     try:
         if kind == "csv":
             import pandas as pd

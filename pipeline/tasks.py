@@ -301,6 +301,10 @@ def train_task(st: Stage, splits: Mapping[str, Any], preprocessed: Mapping[str, 
     mlflow.log_metrics({"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
                         "resumed_from_epoch": result.resumed_from_epoch})
     tracking.log_figure(tracking.training_curve_figure(result.history), "training_curves.png")
+    if result.tensorboard_dir:  # training.tensorboard: `pipeline tensorboard <this run's id>` opens them
+        from pipeline.train import TENSORBOARD_DIR
+
+        mlflow.log_artifacts(result.tensorboard_dir, TENSORBOARD_DIR)
     memory.release()  # the training data and the fit's tensors are gone: hand their pages back before evaluate
     return {"model": result.model_path, "epochs_run": result.epochs_run}
 

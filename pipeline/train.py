@@ -2,9 +2,11 @@
 
 Input comes through ``tf.data``, the preprocessor mapped over it on the host; the sizes of the fit (batch,
 epochs, patience) follow the data unless the config sets them (:func:`plan`); AdamW with a warmup-then-cosine
-learning rate by default; imbalanced classes get class weights; early stopping restores the best weights; ``BackupAndRestore`` checkpoints
-every epoch into the run's work directory so that a retried Airflow task resumes where it stopped. The
-``tf.distribute`` strategy is chosen from the hardware: TPU, several GPUs (mirrored), one GPU, or CPU.
+learning rate by default (or cosine, exponential, step, reduce-on-plateau, constant), gradient clipping and
+label smoothing when configured, TensorBoard logs when asked; imbalanced classes get class weights; early
+stopping restores the best weights; ``BackupAndRestore`` checkpoints every epoch into the run's work directory
+so that a retried Airflow task resumes where it stopped. The ``tf.distribute`` strategy is chosen from the
+hardware: TPU, several GPUs (mirrored), one GPU, or CPU.
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class TrainResult:
     resumed_from_epoch: int
     batch_size: int = 0
     planned_epochs: int = 0
+    tensorboard_dir: str = ""  # the TensorBoard logs (training.tensorboard), "" when off
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,19 +110,107 @@ def plan(rows: int, cfg: TrainingConfig) -> Plan:
     return Plan(batch, epochs, steps, patience)
 
 
-def _optimizer(cfg: TrainingConfig, total_steps: int):
+def learning_rate(cfg: TrainingConfig, total_steps: int, steps_per_epoch: int = 1):
+    """The optimizer's learning rate: a number (``constant``, ``reduce_on_plateau``: the callback lowers it) or a
+    Keras schedule of the optimizer step (``training.lr_schedule``)."""
     import keras
 
-    lr = cfg.learning_rate
-    if cfg.lr_schedule == "warmup_cosine":
-        warmup = int(total_steps * cfg.warmup_fraction)
-        lr = keras.optimizers.schedules.CosineDecay(
-            0.0 if warmup else cfg.learning_rate, decay_steps=max(1, total_steps - warmup), alpha=0.02,
-            warmup_target=cfg.learning_rate if warmup else None, warmup_steps=warmup)
+    lr, schedules = cfg.learning_rate, keras.optimizers.schedules
+    if cfg.lr_schedule in ("warmup_cosine", "cosine"):
+        warmup = int(total_steps * cfg.warmup_fraction) if cfg.lr_schedule == "warmup_cosine" else 0
+        return schedules.CosineDecay(
+            0.0 if warmup else lr, decay_steps=max(1, total_steps - warmup), alpha=0.02,
+            warmup_target=lr if warmup else None, warmup_steps=warmup)
+    if cfg.lr_schedule in ("exponential", "step"):
+        epochs = max(1, total_steps // max(1, steps_per_epoch))
+        every = cfg.lr_decay_epochs or (epochs if cfg.lr_schedule == "exponential" else max(1, epochs // 3))
+        return schedules.ExponentialDecay(lr, decay_steps=max(1, every * steps_per_epoch),
+                                          decay_rate=cfg.lr_decay_rate, staircase=cfg.lr_schedule == "step")
+    return lr
+
+
+def _optimizer(cfg: TrainingConfig, total_steps: int, steps_per_epoch: int = 1):
+    import keras
+
+    lr = learning_rate(cfg, total_steps, steps_per_epoch)
+    clip = {k: getattr(cfg, k) for k in ("clipnorm", "clipvalue") if getattr(cfg, k) is not None}
     if cfg.optimizer == "adamw":
-        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay)
+        return keras.optimizers.AdamW(learning_rate=lr, weight_decay=cfg.weight_decay, **clip)
     cls = {"adam": keras.optimizers.Adam, "sgd": keras.optimizers.SGD, "rmsprop": keras.optimizers.RMSprop}[cfg.optimizer]
-    return cls(learning_rate=lr)
+    return cls(learning_rate=lr, **clip)
+
+
+_LOSS_CLASSES: dict[str, type] = {}
+
+
+def smoothed_sparse_crossentropy(label_smoothing: float, n_classes: int):
+    """Cross-entropy of integer labels with label smoothing: Keras' SparseCategoricalCrossentropy has no
+    ``label_smoothing``, so the labels are made one-hot inside the loss (registered, so a saved model loads)."""
+    import keras
+
+    if "cls" not in _LOSS_CLASSES:
+        @keras.saving.register_keras_serializable(package="pipeline")
+        class SmoothedSparseCrossentropy(keras.losses.Loss):
+            def __init__(self, label_smoothing=0.0, n_classes=2, name="smoothed_sparse_crossentropy", **kwargs):
+                super().__init__(name=name, **kwargs)
+                self.label_smoothing, self.n_classes = float(label_smoothing), int(n_classes)
+
+            def call(self, y_true, y_pred):
+                ops = keras.ops
+                y_true = ops.reshape(ops.cast(y_true, "int32"), (-1,))
+                one_hot = ops.one_hot(y_true, self.n_classes, dtype=y_pred.dtype)
+                return keras.losses.categorical_crossentropy(one_hot, y_pred, label_smoothing=self.label_smoothing)
+
+            def get_config(self):
+                return {**super().get_config(), "label_smoothing": self.label_smoothing, "n_classes": self.n_classes}
+
+        _LOSS_CLASSES["cls"] = SmoothedSparseCrossentropy
+    return _LOSS_CLASSES["cls"](label_smoothing=label_smoothing, n_classes=n_classes)
+
+
+TENSORBOARD_DIR = "tensorboard"  # under the training directory, and the MLflow artifact directory
+
+
+def _tensorboard(log_dir: Path):
+    """A callback writing each epoch's metrics and learning rate as TensorBoard scalars, laid out as Keras'
+    ``TensorBoard`` callback does (``train/`` and ``validation/``, tags ``epoch_<metric>``). Written with
+    TensorFlow's own summary ops: Keras' callback needs the ``tensorboard`` package even to write scalars, which
+    only viewing them should need (``pipeline tensorboard``)."""
+    import keras
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata(
+        plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars")).SerializeToString()
+
+    class EpochScalars(keras.callbacks.Callback):
+        writers: dict = {}
+
+        def on_train_begin(self, logs=None):
+            self.writers = {}
+
+        def _write(self, split: str, tag: str, value: float, step: int) -> None:
+            if split not in self.writers:
+                self.writers[split] = tf.summary.create_file_writer(str(log_dir / split))
+            with self.writers[split].as_default():
+                tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step, metadata=metadata)
+
+        def on_epoch_end(self, epoch, logs=None):
+            for key, value in (logs or {}).items():
+                split, name = ("validation", key[4:]) if key.startswith("val_") else ("train", key)
+                if name != "learning_rate":
+                    self._write(split, f"epoch_{name}", value, epoch)
+            lr = keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)
+            self._write("train", "epoch_learning_rate", lr, epoch)
+            for writer in self.writers.values():
+                writer.flush()
+
+        def on_train_end(self, logs=None):
+            for writer in self.writers.values():
+                writer.close()
+            self.writers = {}
+
+    return EpochScalars()
 
 
 def _time_budget(minutes: float):
@@ -188,9 +279,14 @@ def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", meta: PreprocessMeta
         model = build_body(meta, model_cfg)
         if meta.feature_spec.task == "classification":
             loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
+            if cfg.label_smoothing:
+                loss = smoothed_sparse_crossentropy(cfg.label_smoothing, len(meta.class_names))
         else:
+            if cfg.label_smoothing:
+                print("train: training.label_smoothing ignored: the task is regression")
             loss, metrics = "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
-        model.compile(optimizer=_optimizer(cfg, sizes.epochs * sizes.steps_per_epoch), loss=loss, metrics=metrics)
+        model.compile(optimizer=_optimizer(cfg, sizes.epochs * sizes.steps_per_epoch, sizes.steps_per_epoch),
+                      loss=loss, metrics=metrics)
 
     weights = None
     by_class = class_weights(meta, cfg.class_weight)
@@ -201,11 +297,16 @@ def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", meta: PreprocessMeta
     has_val = len(val_df) > 0
     monitor = "val_loss" if has_val else "loss"
     history_cb = keras.callbacks.History()
+    tensorboard_dir = work_dir / TENSORBOARD_DIR if cfg.tensorboard else None
     fit_callbacks = [
         keras.callbacks.EarlyStopping(monitor=monitor, patience=sizes.patience, restore_best_weights=True),
         keras.callbacks.BackupAndRestore(str(backup_dir)),
         history_cb,
         *([_time_budget(cfg.max_minutes)] if cfg.max_minutes else []),
+        *([keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=cfg.lr_decay_rate,
+                                             patience=cfg.lr_plateau_patience or max(1, sizes.patience // 2))]
+          if cfg.lr_schedule == "reduce_on_plateau" else []),
+        *([_tensorboard(tensorboard_dir)] if tensorboard_dir else []),
         _release_each_epoch(),
         *callbacks,
     ]
@@ -233,7 +334,8 @@ def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", meta: PreprocessMeta
     shutil.rmtree(backup_dir, ignore_errors=True)
     keras.mixed_precision.set_global_policy("float32")
     result = TrainResult(str(model_path), resumed + len(losses), resumed + int(np.argmin(losses)) + 1 if losses else 0,
-                         history, kind, policy, resumed, sizes.batch_size, sizes.epochs)
+                         history, kind, policy, resumed, sizes.batch_size, sizes.epochs,
+                         str(tensorboard_dir) if tensorboard_dir else "")
     tmp_json = work_dir / ".train_result.json.tmp"
     tmp_json.write_text(json.dumps(result.to_dict(), indent=2))
     tmp_json.replace(work_dir / "train_result.json")

@@ -194,12 +194,12 @@ def start_early_sandbox(conf: dict):
     real TensorFlow Serving to validate against, when the source is large (the run is long, and memory is what
     counts there), or when the config cannot be read (the DAG run reports that)."""
     from pipeline import deploy
-    from pipeline.ingest import resolve_source
+    from pipeline.ingest import resolve_source, source_bytes
     from pipeline.tasks import load_run_config
 
     try:
         cfg = load_run_config(conf)
-        size = resolve_source(cfg.source).stat().st_size
+        size = source_bytes(resolve_source(cfg.source))
     except Exception:
         return None
     if cfg.deploy.tf_serving_rest_url or size > EARLY_SANDBOX_MAX_SOURCE_BYTES:

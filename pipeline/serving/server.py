@@ -121,6 +121,7 @@ async def _run(service, options: ServerOptions, worker: Worker | None) -> int:
                                 timeout_graceful_shutdown=options.shutdown_grace_s, backlog=4096,
                                 timeout_keep_alive=75)
         http_server = _QuietSignalsServer(config)
+        http_server.should_exit = stopping.is_set()  # a signal that came while the model loaded is not lost
         sockets = None
         if worker is not None:
             try:

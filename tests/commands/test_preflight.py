@@ -35,7 +35,7 @@ def _case(case: str, tmp_path: Path) -> tuple[dict, list[str]]:
         return {"source": str(tmp_path / "missing.csv"), "label": "y"}, ["file does not exist"]
     if case == "directory":
         (tmp_path / "dir.csv").mkdir()
-        return {"source": str(tmp_path / "dir.csv"), "label": "y"}, ["not a file"]
+        return {"source": str(tmp_path / "dir.csv"), "label": "y"}, ["directory has no .csv or .parquet file"]
     if case == "unsupported":
         return {"source": _csv(tmp_path / "data.txt", "x,y\n1,a\n"), "label": "y"}, ["unsupported file type '.txt'"]
     if case == "empty":
