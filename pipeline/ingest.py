@@ -84,12 +84,13 @@ def check_source_file(path: Path) -> str:
 
 
 def read_source(path: Path, chunk_rows: int = CHUNK_ROWS):
-    """Read a CSV or Parquet file into a DataFrame, chunk by chunk so that parsing memory stays bounded."""
+    """Read a CSV or Parquet file whole into a DataFrame (the bad-input tests read sources as pandas does; ingest
+    streams with :func:`ingest` instead)."""
     import pandas as pd
     import pyarrow.parquet as pq
 
     kind = check_source_file(path)
-    try:
+    with _guard(path, kind):
         if kind == "csv":
             chunks = list(pd.read_csv(path, chunksize=chunk_rows, low_memory=False))
             df = pd.concat(chunks, ignore_index=True) if chunks else pd.read_csv(path, nrows=0)
@@ -97,12 +98,6 @@ def read_source(path: Path, chunk_rows: int = CHUNK_ROWS):
             pf = pq.ParquetFile(path)
             batches = [b.to_pandas() for b in pf.iter_batches(batch_size=chunk_rows)]
             df = pd.concat(batches, ignore_index=True) if batches else pf.schema_arrow.empty_table().to_pandas()
-    except IngestError:
-        raise
-    except pd.errors.EmptyDataError as exc:
-        raise IngestError(f"{path}: file has no header and no rows") from exc
-    except Exception as exc:  # parser errors carry the line; keep them, prefixed with the file
-        raise IngestError(f"{path}: cannot be parsed as {kind}: {exc}") from exc
     if len(df.columns) == 0:
         raise IngestError(f"{path}: file has no columns")
     if len(df) == 0:
@@ -193,7 +188,6 @@ def _stream_csv(files: list[Path], chunk_rows: int):
     integers with a blank cell somewhere is float, a column with one word in it is text, as in a whole read), the
     second parses again with text columns read as text (so "007" stays "007") and converts each chunk to the
     Arrow schema those kinds give."""
-    import pandas as pd
     import pyarrow as pa
 
     kinds: dict[str, str] = {}
