@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOCKER = REPO_ROOT / "docker"
@@ -52,6 +52,8 @@ SHARED_ENV = {
     # Stage tasks import TensorFlow: the defaults (30 s) would kill a cold start.
     "AIRFLOW__CORE__DAGBAG_IMPORT_TIMEOUT": "120",
     "AIRFLOW__CORE__KILLED_TASK_CLEANUP_TIME": "60",
+    # Airflow's Celery settings, and the stage tasks' imports loaded once per worker (pipeline/celery_worker.py)
+    "AIRFLOW__CELERY__CELERY_CONFIG_OPTIONS": "pipeline.celery_worker.CELERY_CONFIG",
     "AIRFLOW_ADMIN_USERNAME": "admin",
     "MLFLOW_AUTH_ADMIN_USERNAME": "admin",
     "MLFLOW_TRACKING_USERNAME": "pipeline",  # the MLflow user the tasks log as (docker/init.sh creates it)
@@ -78,7 +80,7 @@ SECRET_KEYS = (
 # Settings of this machine's processes only: its ports, sizes and the schedules' switch (see Topology).
 LOCAL_ONLY_ENV_KEYS = (
     "AIRFLOW__API__HOST", "AIRFLOW__API__PORT", "AIRFLOW__API__WORKERS", "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE",
-    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION",
+    "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT",
 )
 # The compose file's own scripts, which the topology runs for the same steps.
 POSTGRES_INIT, INIT = DOCKER / "postgres-init.sh", DOCKER / "init.sh"
@@ -258,10 +260,20 @@ class Topology:
             latest interval), which would queue a triggered run behind it (``max_active_runs=1``). True: as in
             production, timetables and Asset schedules on, DAGs paused at creation.
         worker_concurrency: task slots per worker; mlflow_workers: the tracking server's uvicorn workers.
+        executor: ``CeleryExecutor`` (production's) or ``LocalExecutor`` (the scheduler runs the tasks as its
+            own subprocesses, no Celery workers: what benchmarks/scheduled.py compares it with).
+        airflow_env: settings of Airflow's components replaced or added (benchmarks/scheduled.py turns the
+            workers' preload off with one).
     """
 
     def __init__(self, root: str | Path, *, workers: int = 2, schedules: bool = False,
-                 worker_concurrency: int = 1, mlflow_workers: int = 1):
+                 worker_concurrency: int = 1, mlflow_workers: int = 1, executor: str = "CeleryExecutor",
+                 airflow_env: Mapping[str, str] | None = None):
+        if executor not in ("CeleryExecutor", "LocalExecutor"):
+            raise ValueError(f"executor {executor!r}: CeleryExecutor or LocalExecutor")
+        self.executor, self.airflow_env = executor, dict(airflow_env or {})
+        if executor == "LocalExecutor":
+            workers = 0
         self.root = Path(root).resolve()
         self.home = self.root / "pipeline_home"
         self.logs = self.root / "logs"
@@ -341,6 +353,7 @@ class Topology:
             "AIRFLOW_HOME": str(self.home / "airflow"),
             "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.airflow_url}/execution/",
+            "AIRFLOW__CORE__EXECUTOR": self.executor,
             "AIRFLOW__CORE__PARALLELISM": str(max(4, self.workers * self.worker_concurrency)),
             "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(self.worker_concurrency),
             "MLFLOW_TRACKING_URI": self.mlflow_url,
@@ -351,6 +364,10 @@ class Topology:
             "AIRFLOW__API__WORKERS": "1",
             "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(self.schedules),
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": str(self.schedules),
+            # A task whose worker died is failed (and retried) once its heartbeats have stopped this long:
+            # Airflow's 300 s would make the worker-kill test wait five minutes for nothing.
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": "60",
+            **self.airflow_env,
         }
 
     def mlflow_env(self) -> dict[str, str]:
@@ -441,6 +458,55 @@ class Topology:
     def __exit__(self, *exc) -> None:
         self.stop()
 
+    def component(self, name: str) -> Component:
+        """The running component called ``name`` (``airflow-worker-1``, ``postgres``...)."""
+        for component in self.components:
+            if component.name == name:
+                return component
+        raise KeyError(f"no component {name!r}; running: {[c.name for c in self.components]}")
+
+    def restart(self, name: str, *, kill: bool = False, timeout_s: float = 300.0) -> Component:
+        """Stop ``name`` and start it again with the same command, environment and log, as a supervisor
+        (systemd, Docker's restart policy) would. ``kill``: SIGKILL its whole process group and descendants
+        first, as a crashed machine or the OOM killer would (a Celery worker's running task dies with it);
+        else its usual stop. Postgres keeps its data directory and is waited for until it accepts connections.
+        """
+        import psutil
+
+        old = self.component(name)
+        if kill:
+            try:
+                descendants = psutil.Process(old.pid).children(recursive=True)
+            except psutil.Error:
+                descendants = []
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(old.pid, signal.SIGKILL)
+            for proc in descendants:  # those in groups of their own (a deploy sandbox)
+                with contextlib.suppress(psutil.Error):
+                    proc.kill()
+            old.proc.wait(timeout=30)
+            still_running(descendants, timeout_s=10)
+        else:
+            old.stop()
+        new = Component(old.name, old.argv, old.env, old.log, user=old.user, cwd=old.cwd,
+                        stop_signal=old.stop_signal, signal_group=old.signal_group)
+        self.components[self.components.index(old)] = new.start()
+        if name == "postgres":  # the others may exit meanwhile (no database): revive() is for them
+            self._wait("Postgres", self._postgres_connects, time.monotonic() + timeout_s, watch=False)
+        return new
+
+    def revive(self) -> dict[str, str]:
+        """Start again every component that has exited, as the compose file's ``restart: unless-stopped``
+        does; returns each one's exit and the end of its log (what a restart policy hides from its user)."""
+        revived = {}
+        for component in list(self.components):
+            why = component.exited()
+            if why:
+                print(f"topology: {why}\ntopology: restarting {component.name}", file=sys.stderr, flush=True)
+                revived[component.name] = why
+                self.restart(component.name)
+        return revived
+
     def check(self) -> None:
         """Raises TopologyError when a component has exited."""
         for component in self.components:
@@ -502,22 +568,22 @@ class Topology:
             env, self.logs / "postgres.log", user=user, cwd=self._postgres_dir,
             stop_signal=signal.SIGINT, signal_group=False))  # SIGINT: Postgres's fast shutdown
 
-        def connects() -> bool:
-            import psycopg2
-
-            try:
-                psycopg2.connect(host=HOST, port=self.ports["postgres"], user="postgres", dbname="postgres",
-                                 password=self.secrets["POSTGRES_PASSWORD"], connect_timeout=2).close()
-                return True
-            except psycopg2.OperationalError:
-                return False
-
-        self._wait("Postgres", connects, deadline)
+        self._wait("Postgres", self._postgres_connects, deadline)
         self._run_step("postgres-init", ["bash", str(POSTGRES_INIT)],
                        {**self.base_env(), "PGHOST": HOST, "PGPORT": str(self.ports["postgres"]),
                         "PGPASSWORD": self.secrets["POSTGRES_PASSWORD"], "POSTGRES_USER": "postgres",
                         **{k: self.secrets[k] for k in ("AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD")}},
                        deadline)
+
+    def _postgres_connects(self) -> bool:
+        import psycopg2
+
+        try:
+            psycopg2.connect(host=HOST, port=self.ports["postgres"], user="postgres", dbname="postgres",
+                             password=self.secrets["POSTGRES_PASSWORD"], connect_timeout=2).close()
+            return True
+        except psycopg2.OperationalError:
+            return False
 
     def _start_redis(self, deadline: float) -> None:
         data = self.root / "redis"
@@ -574,9 +640,10 @@ class Topology:
 
         self._wait(f"the DAG {DAG_ID}", parsed, deadline)
 
-    def _wait(self, what: str, ready: Callable[[], bool], deadline: float) -> None:
+    def _wait(self, what: str, ready: Callable[[], bool], deadline: float, watch: bool = True) -> None:
         while not ready():
-            self.check()
+            if watch:
+                self.check()
             if time.monotonic() > deadline:
                 raise TopologyError(f"{what} not ready in time; logs under {self.logs}")
             time.sleep(0.5)

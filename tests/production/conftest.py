@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "scripts"))  # topology, under any --import-mode
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_airflow
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # fake_airflow, clients
 import topology  # noqa: E402
 
 RUN_TOPOLOGY = os.environ.get("PIPELINE_TEST_PRODUCTION") == "1"
@@ -58,3 +58,27 @@ def topo(tmp_path_factory):
             with contextlib.suppress(psutil.Error):
                 proc.kill()
         assert not left, f"processes left running after stop(): {[p.pid for p in left]}"
+
+
+@pytest.fixture(scope="module")
+def airflow(topo):
+    """GET on Airflow's REST API (``/api/v2`` + path) with a token of its own (``POST /auth/token``)."""
+    import requests
+
+    session = requests.Session()
+    session.headers["Authorization"] = f"Bearer {topo.airflow_token()}"
+    return lambda path, **kw: session.get(f"{topo.airflow_url}/api/v2{path}", timeout=30, **kw)
+
+
+@pytest.fixture(scope="module")
+def mlflow(topo):
+    """MLflow REST API calls with the admin's basic-auth credentials; anything but 200 fails the test."""
+    import requests
+
+    def call(method: str, path: str, **kw):
+        response = requests.request(method, f"{topo.mlflow_url}/api/2.0/mlflow{path}", auth=topo.mlflow_admin,
+                                    timeout=30, **kw)
+        assert response.status_code == 200, f"{method} {path}: {response.status_code} {response.text[:500]}"
+        return response.json()
+    return call
+

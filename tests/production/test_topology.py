@@ -11,19 +11,17 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import time
 
 import pytest
 import requests
 import topology
+from clients import PENGUIN, admin_env, predict_by_label
 
 pytestmark = [pytest.mark.e2e, pytest.mark.production]
 
 STAGES = ("ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register", "deploy")
 # A short fit: the gate is not what this test is about (min_accuracy 0: the first version is blessed).
 PARAMS = {"epochs": 5, "min_accuracy": 0.0}
-PENGUIN = {"island": "Biscoe", "bill_length_mm": 48.6, "bill_depth_mm": 16.0, "flipper_length_mm": 230.0,
-           "body_mass_g": 5800.0, "sex": "male"}
 RUN_TIMEOUT_S = 1800  # a deadline, not a measure: a run takes minutes on 2 shared cores
 
 
@@ -31,33 +29,13 @@ RUN_TIMEOUT_S = 1800  # a deadline, not a measure: a run takes minutes on 2 shar
 def triggered(topo):
     """``pipeline trigger`` run against the topology, as a user would: the Airflow admin's credentials in a
     netrc file, the MLflow server in the environment. Returns its exit status, output and the DAG run id."""
-    env = {**topo.base_env(), "MLFLOW_TRACKING_URI": topo.mlflow_url,
-           "MLFLOW_TRACKING_USERNAME": topo.mlflow_admin[0], "MLFLOW_TRACKING_PASSWORD": topo.mlflow_admin[1]}
+    env = admin_env(topo)
     proc = subprocess.run([str(topology.VENV_BIN / "pipeline"), "trigger", "--airflow", topo.airflow_url,
                            "--netrc", str(topo.root / "airflow.netrc"), "--conf", json.dumps(PARAMS)],
                           env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)
     out = proc.stdout + proc.stderr
     found = re.search(r"^DAG run:\s+(\S+) \(", proc.stdout, re.M)
     return proc.returncode, out, found.group(1) if found else None
-
-
-@pytest.fixture(scope="module")
-def airflow(topo):
-    """An Airflow REST API session with a token of its own (``POST /auth/token``)."""
-    session = requests.Session()
-    session.headers["Authorization"] = f"Bearer {topo.airflow_token()}"
-    return lambda path, **kw: session.get(f"{topo.airflow_url}/api/v2{path}", timeout=30, **kw)
-
-
-@pytest.fixture(scope="module")
-def mlflow(topo):
-    """MLflow REST API calls with the admin's basic-auth credentials."""
-    def call(method: str, path: str, **kw):
-        response = requests.request(method, f"{topo.mlflow_url}/api/2.0/mlflow{path}", auth=topo.mlflow_admin,
-                                    timeout=30, **kw)
-        assert response.status_code == 200, f"{method} {path}: {response.status_code} {response.text[:500]}"
-        return response.json()
-    return call
 
 
 def test_training_pipeline_runs_on_the_production_topology(topo, triggered, airflow, mlflow):
@@ -122,27 +100,13 @@ def test_training_pipeline_runs_on_the_production_topology(topo, triggered, airf
     # -- serving: the generated models.config, a prediction by the label stable ------------------------------
     config = (topo.home / "serving" / "models.config").read_text()
     assert re.search(rf'key: "stable"\s+value: {version["version"]}', config), config
-    answer = _predict_by_label(topo, "stable")
+    answer = predict_by_label(topo, "stable")
     assert answer["predictions"][0]["classes"] == ["Adelie", "Chinstrap", "Gentoo"]
     probabilities = answer["predictions"][0]["probabilities"]
     assert abs(sum(probabilities) - 1) < 1e-4
     by_version = requests.post(f"{topo.serving_url}/v1/models/penguins/versions/{version['version']}:predict",
                                json={"instances": [PENGUIN]}, timeout=30).json()
     assert by_version == answer
-
-
-def _predict_by_label(topo, label: str, timeout_s: float = 120.0) -> dict:
-    """A prediction through the model server by version label; retried until the server has re-read the
-    models.config the deploy task wrote (it polls it every 5 s, as tensorflow/serving is configured to)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        response = requests.post(f"{topo.serving_url}/v1/models/penguins/labels/{label}:predict",
-                                 json={"instances": [PENGUIN]}, timeout=30)
-        if response.status_code == 200:
-            return response.json()
-        topo.check()
-        assert time.monotonic() < deadline, f"{response.status_code} {response.text}; {topo.logs}/serving.log"
-        time.sleep(1)
 
 
 def test_airflow_refuses_requests_without_a_valid_token(topo):
