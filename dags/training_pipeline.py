@@ -78,6 +78,9 @@ def _fail_fast():
         "seed": Param(None, type=["null", "integer"], minimum=0),
         "min_accuracy": Param(None, type=["null", "number"], minimum=0, maximum=1,
                               description="absolute accuracy floor of the evaluation gate"),
+        "overrides": Param(None, type=["null", "object"],
+                           description="dotted config keys and values applied last, e.g. the best parameters of "
+                                       "a tuning run: {\"model.params.dropout\": 0.2, \"training.learning_rate\": 0.003}"),
     },
 )
 def training_pipeline():

@@ -11,6 +11,7 @@ import sys
 # sub-command -> (module, function taking argv and returning an exit code, one-line help)
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("pipeline.commands.train", "main", "run the training_pipeline DAG through Airflow"),
+    "tune": ("pipeline.commands.tune", "main", "run the tuning_pipeline DAG: an Optuna study, then the best model"),
     "trigger": ("pipeline.commands.trigger", "main", "run training_pipeline on a running Airflow over its REST API"),
     "serve": ("pipeline.serving.__main__", "main", "TensorFlow Serving-compatible model server"),
     "monitor": ("pipeline.commands.monitor", "main", "drift of served traffic against the training data"),
@@ -24,7 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 # Commands whose process ends without interpreter teardown once they return (see exit_now).
-FAST_EXIT = {"train", "serve"}
+FAST_EXIT = {"train", "tune", "serve"}
 # The exit statuses of a command that SIGINT or SIGTERM stopped (128 + the signal): it ends as fast, whichever it is.
 INTERRUPTED = {130, 143}
 

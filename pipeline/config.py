@@ -31,6 +31,9 @@ PROMOTION_RULES = ("manual", "immediate")
 LR_SCHEDULES = ("warmup_cosine", "cosine", "constant", "exponential", "step", "reduce_on_plateau")
 CLASS_WEIGHTS = ("auto", "balanced", "none")
 RARE_CLASS_RULES = ("error", "merge", "drop")
+# How a tuned parameter is drawn (pipeline.tuning.space), and the pruners of the tuning study
+SEARCH_KINDS = ("log_uniform", "uniform", "int", "choice")
+PRUNERS = ("median", "none")
 # What pipeline.evaluate computes (tests/unit/test_config.py keeps these in step with it); a classification
 # metric may also be per class: precision_<class>, recall_<class>, f1_<class>.
 GATE_METRICS = {
@@ -88,7 +91,8 @@ _SECTION = ConfigDict(extra="forbid")
 
 FEATURE_LIST_KEYS = ("numeric", "categorical", "exclude", "boolean", "high_cardinality", "text", "datetime")
 FEATURE_KNOBS = {"max_vocabulary": int, "min_frequency": int, "hash_buckets": int, "text_max_tokens": int,
-                 "text_ngrams": int, "id_unique_ratio": float, "text_min_words": float, "value_ids": int}
+                 "text_ngrams": int, "id_unique_ratio": float, "text_min_words": float, "value_ids": int,
+                 "fit_sample_rows": int}
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -113,6 +117,10 @@ class FeaturesConfig:
     text_min_words: Annotated[Float, Field(gt=0)] = 3.0
     # a numeric column with at most this many distinct values is also embedded by value; 0: never
     value_ids: Annotated[Int, Field(ge=0)] = 1000
+    # a larger table's feature kinds are inferred, and a larger training split's encodings fitted, on a uniform
+    # sample of this many rows; counts and statistics are over every row (pipeline.validate.validate_parquet,
+    # pipeline.preprocess.fit_preprocessing_parquet)
+    fit_sample_rows: Annotated[Int, Field(ge=1)] = 200_000
 
     def of_kind(self, kind: str) -> tuple[str, ...]:
         return tuple(c for c, k in self.kinds.items() if k == kind)
@@ -204,7 +212,16 @@ class TrainingConfig:
     max_minutes: Optional[Annotated[Float, Field(gt=0, le=10080)]] = None
     class_weight: Literal[CLASS_WEIGHTS] = "auto"  # see pipeline.preprocess.class_weights
     mixed_precision: StrictBool = False
+    # auto: TPU, else several GPUs mirrored, one GPU, or the CPU; mirrored: tf.distribute.MirroredStrategy over
+    # every GPU, else every logical CPU device (pipeline.train.select_strategy). Multi-worker training is not
+    # offered: Keras 3's fit does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+    distribution: Literal["auto", "mirrored"] = "auto"
     seed: Seed = 42
+    # Training from the split's Parquet files (pipeline.datasets.parquet_dataset): processed rows up to
+    # in_memory_mb are computed once and kept as tensors (twice that for a moment while they are built); beyond
+    # that each epoch streams the files, shuffling blocks of shuffle_buffer rows (None: 262,144).
+    shuffle_buffer: Optional[Annotated[Int, Field(ge=1)]] = None
+    in_memory_mb: Annotated[Int, Field(ge=0)] = 256
 
     @model_validator(mode="after")
     def _consistent(self) -> "TrainingConfig":
@@ -271,6 +288,68 @@ class DeployConfig:
 
 
 @dataclass(frozen=True, config=_SECTION)
+class SearchParam:
+    """One tuned parameter: drawn from ``[low, high]`` (``log_uniform``, ``uniform``; ``int`` in steps of
+    ``step``) or one of ``values`` (``choice``; lists and mappings allowed as values)."""
+
+    type: Literal[SEARCH_KINDS]
+    low: Optional[Float] = None
+    high: Optional[Float] = None
+    step: Optional[Annotated[Float, Field(gt=0)]] = None
+    values: Optional[list] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SearchParam":
+        if self.type == "choice":
+            if self.low is not None or self.high is not None or self.step is not None:
+                raise ValueError("values: a choice takes values only (no low, high or step)")
+            if not self.values:
+                raise ValueError(f"values: a choice needs at least one value, got {self.values!r}")
+            return self
+        if self.values is not None:
+            raise ValueError(f"values: only a choice takes values; {self.type} takes low and high")
+        if self.low is None or self.high is None:
+            raise ValueError(f"{'low' if self.low is None else 'high'}: required by {self.type}, and missing")
+        if self.low > self.high:
+            raise ValueError(f"low: {self.low:g} is above high ({self.high:g})")
+        if self.type == "log_uniform" and self.low <= 0:
+            raise ValueError(f"low: must be > 0 for log_uniform, got {self.low:g}")
+        if self.type == "int":
+            for key in ("low", "high", "step"):
+                value = getattr(self, key)
+                if value is not None and not float(value).is_integer():
+                    raise ValueError(f"{key}: must be a whole number for int, got {value!r}")
+        elif self.type == "log_uniform" and self.step is not None:
+            raise ValueError("step: log_uniform takes no step")
+        return self
+
+
+@dataclass(frozen=True, config=_SECTION)
+class TuningConfig:
+    """Hyperparameter tuning (``pipeline tune``, dags/tuning_pipeline.py, docs/features.md "Tuning"): ``space``
+    maps dotted keys of ``model.params.*`` and ``training.*`` to how each is drawn; ``n_trials`` trials in
+    rounds of ``trials_per_round`` parallel trial tasks; ``objective`` (default: the gate's metric) scored on the
+    validation split; the per-epoch validation metric drives the ``pruner``. ``storage``: Optuna's RDB URL
+    (default: ``$PIPELINE_TUNING_STORAGE``, else SQLite under PIPELINE_HOME)."""
+
+    space: Mapping[str, SearchParam]
+    n_trials: Annotated[Int, Field(ge=1, le=1000)] = 20
+    trials_per_round: Annotated[Int, Field(ge=1, le=64)] = 2
+    objective: Optional[Name] = None
+    pruner: Literal[PRUNERS] = "median"
+    pruner_warmup_epochs: Annotated[Int, Field(ge=0)] = 3   # epochs of a trial never pruned
+    startup_trials: Annotated[Int, Field(ge=0)] = 4         # random trials before TPE, finished ones before pruning
+    seed: Optional[Seed] = None                             # the sampler's; default training.seed
+    storage: Optional[Name] = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TuningConfig":
+        if not self.space:
+            raise ValueError("space: at least one parameter to tune, got none")
+        return self
+
+
+@dataclass(frozen=True, config=_SECTION)
 class PipelineConfig:
     name: Name
     source: Name
@@ -284,6 +363,7 @@ class PipelineConfig:
     gate: GateConfig = GateConfig()
     serving: ServingConfig = ServingConfig()
     deploy: DeployConfig = DeployConfig()
+    tuning: Optional[TuningConfig] = None   # pipeline tune only; training_pipeline ignores it
     # The drift monitor's section, read by pipeline.monitoring.monitor.MonitorConfig (kept as plain data here).
     monitoring: Mapping[str, Any] = field(default_factory=dict)
 
@@ -336,12 +416,21 @@ def _unknown_key(key: Any, known: list[str], where: str) -> str:
 
 def _section_at(loc: tuple) -> type | None:
     """The config class whose fields sit at ``loc`` (a pydantic error location), None past the sections."""
+    import typing
+
     cls: Any = PipelineConfig
     for part in loc:
+        if typing.get_origin(cls) is typing.Union:  # Optional[Section]
+            cls = next((a for a in typing.get_args(cls) if hasattr(a, "__pydantic_fields__")), cls)
         fields = getattr(cls, "__pydantic_fields__", None)
+        if not fields and typing.get_args(cls):  # Mapping[str, Section]: ``part`` is one of its keys
+            cls = typing.get_args(cls)[-1]
+            continue
         if not fields or part not in fields:
             return None
         cls = fields[part].annotation
+    if typing.get_origin(cls) is typing.Union:
+        cls = next((a for a in typing.get_args(cls) if hasattr(a, "__pydantic_fields__")), cls)
     return cls if hasattr(cls, "__pydantic_fields__") else None
 
 
@@ -434,7 +523,7 @@ def _features(raw: Any) -> Any:
 
 # -- building and checking -------------------------------------------------------------------------------------
 
-SECTIONS = ("features", "labels", "split", "model", "training", "gate", "serving", "deploy", "monitoring")
+SECTIONS = ("features", "labels", "split", "model", "training", "gate", "serving", "deploy", "monitoring", "tuning")
 
 
 def from_dict(raw: Mapping[str, Any]) -> PipelineConfig:
@@ -525,6 +614,12 @@ def _check(cfg: PipelineConfig) -> None:
         check_params(fn, cfg.model.params, cfg.model.label)
     except ValueError as exc:
         raise ConfigError(str(exc)) from exc
+    if cfg.tuning is not None:
+        if cfg.tuning.objective is not None:
+            _check_metric(cfg.tuning.objective, cfg.task, "tuning.objective")
+        from pipeline.tuning.space import check_space
+
+        check_space(cfg)  # every key tunable, every bound a valid value of it
 
 
 # -- YAML ------------------------------------------------------------------------------------------------------

@@ -7,12 +7,16 @@ errors) are compared the other way round.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from pipeline.config import GateConfig
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
+
+    from pipeline.preprocess import PreprocessMeta
 
 LOWER_IS_BETTER = {"log_loss", "mae", "rmse", "mse"}
 
@@ -137,12 +141,21 @@ def confusion_matrix_figure(y_true, y_pred, class_names: list[str]):
     return fig
 
 
-def residual_figure(y_true, y_pred):
+RESIDUAL_POINTS = 20_000  # points of the residual plot: a uniform sample of a larger test split
+
+
+def residual_figure(y_true, y_pred, max_points: int = RESIDUAL_POINTS, seed: int = 0):
+    """Residuals against predictions, of every row or of a uniform sample of ``max_points`` rows (a scatter of
+    a million points is one blot, and slow to draw)."""
     import matplotlib
+    import numpy as np
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if len(y_true) > max_points:
+        idx = np.random.default_rng(seed).choice(len(y_true), max_points, replace=False)
+        y_true, y_pred = np.asarray(y_true)[idx], np.asarray(y_pred)[idx]
     fig, ax = plt.subplots(figsize=(5, 4))
     ax.scatter(y_pred, y_true - y_pred, s=10, alpha=0.7)
     ax.axhline(0, color="grey", lw=1)
@@ -151,3 +164,58 @@ def residual_figure(y_true, y_pred):
     ax.set_title("Residuals (test split)")
     fig.tight_layout()
     return fig
+
+
+@dataclass
+class Scored:
+    """A test split scored batch by batch: the labels of its scorable rows (class indices, or values), each
+    model's predictions of them (probabilities or values), why a model could not be scored (its first error),
+    and the first rows of the split (for the MLflow dataset: its digest reads those only)."""
+
+    y: "np.ndarray"
+    predictions: dict[str, "np.ndarray"]
+    errors: dict[str, str]
+    head: "pd.DataFrame"
+    rows: int
+
+
+def score_split(source: str | Path | "pd.DataFrame", meta: "PreprocessMeta",
+                predictors: Mapping[str, Callable[["pd.DataFrame"], "np.ndarray"]],
+                catch: tuple[type[BaseException], ...] = (), head_rows: int = 10_000,
+                batch_rows: int = 8192) -> Scored:
+    """Predict the test split (a Parquet source read record batch by record batch, or a frame) with each of
+    ``predictors`` (name -> a function of a frame of raw rows; a SavedModel's signature takes a batch at once,
+    so ``batch_rows`` bounds what its processed features hold). Only the labels and the predictions are kept,
+    never the rows. Classification rows whose class training never saw are not scored. A predictor raising one
+    of ``catch`` (a champion that cannot read this data) is dropped, its error kept in ``errors``."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.datasets import iter_frames
+    from pipeline.preprocess import label_array
+
+    frames = [source] if isinstance(source, pd.DataFrame) else iter_frames(source, batch_rows=batch_rows)
+    ys: list = []
+    preds: dict[str, list] = {name: [] for name in predictors}
+    errors: dict[str, str] = {}
+    head, rows = None, 0
+    for frame in frames:
+        y = label_array(frame, meta)
+        if meta.feature_spec.task == "classification":
+            keep = y >= 0  # classes never seen in training cannot be scored
+            frame, y = frame[keep].reset_index(drop=True), y[keep]
+        if head is None or len(head) < head_rows:
+            head = frame.head(head_rows) if head is None else pd.concat([head, frame.head(head_rows - len(head))],
+                                                                        ignore_index=True)
+        rows += len(frame)
+        ys.append(y)
+        for name, predict in predictors.items():
+            if name in errors or not len(frame):
+                continue
+            try:
+                preds[name].append(predict(frame))
+            except catch as exc:
+                errors[name] = str(exc)
+    y = np.concatenate(ys) if ys else np.array([])
+    out = {name: np.concatenate(p) for name, p in preds.items() if name not in errors and p}
+    return Scored(y, out, errors, head if head is not None else pd.DataFrame(), rows)

@@ -299,6 +299,46 @@ def fit_preprocessing(train_df: "pd.DataFrame", spec: FeatureSpec,
                           dates, value_ids, class_counts, int(len(train_df)))
 
 
+def fit_preprocessing_parquet(source: str | Path, spec: FeatureSpec, opts: FeaturesConfig = FeaturesConfig(),
+                              seed: int = 0) -> PreprocessMeta:
+    """:func:`fit_preprocessing` on a training split in Parquet, in bounded memory: the encodings (quantiles,
+    medians, vocabularies, value ids, TF-IDF, date statistics) are fitted on a uniform sample of
+    ``opts.fit_sample_rows`` rows (every row when there are no more, and then the result is the whole frame's);
+    what must not miss a row is counted over every row, record batch by record batch: the classes and their
+    counts (a class the sample missed would be no output of the model; class weights follow the counts), the
+    regression label's mean and spread, and the rows. A sample rather than a streamed sketch of each encoding:
+    the encodings of a few hundred thousand rows are as good as the whole split's (a quantile's error is
+    about 1/sqrt(rows) of probability) and the fitting code stays the one of the frame path. Values rarer than
+    ``min_frequency`` in the sample are out of vocabulary."""
+    import dataclasses
+
+    import numpy as np
+
+    from pipeline.datasets import iter_frames, parquet_rows, sample_frame
+
+    columns = [*spec.names, spec.label]
+    meta = fit_preprocessing(sample_frame(source, opts.fit_sample_rows, seed, columns), spec, opts)
+    rows = parquet_rows(source)
+    if rows <= opts.fit_sample_rows:
+        return meta
+    counts: dict[str, int] = {}
+    total, total_sq, present = 0.0, 0.0, 0
+    for frame in iter_frames(source, [spec.label]):
+        labels = frame[spec.label].dropna()
+        if spec.task == "classification":
+            for name, count in zip(*np.unique(np.array(label_strings(labels)), return_counts=True)):
+                counts[str(name)] = counts.get(str(name), 0) + int(count)
+        else:
+            y = labels.to_numpy(dtype=np.float64)
+            total, total_sq, present = total + y.sum(), total_sq + (y * y).sum(), present + y.size
+    if spec.task == "classification":
+        names = sorted(counts)
+        return dataclasses.replace(meta, class_names=names, class_counts={n: counts[n] for n in names}, rows=rows)
+    mean = total / max(present, 1)
+    std = float(np.sqrt(max(total_sq / max(present, 1) - mean * mean, 0.0)))
+    return dataclasses.replace(meta, label_mean=float(mean), label_std=std or 1.0, rows=rows)
+
+
 # -- the preprocessor ----------------------------------------------------------------------------------------
 
 def raw_inputs(spec: FeatureSpec) -> dict[str, "keras.KerasTensor"]:
@@ -385,36 +425,47 @@ def processed_dataset(df: "pd.DataFrame", meta: PreprocessMeta, preprocessor: "k
         if weights is not None:
             extras.append(weights.astype(np.float32))
     n, n_batches = len(df), -(-len(df) // batch_size)
-    mspec = meta.model_spec()
-    row_bytes = 4 * (mspec.numeric_width + len(mspec.categorical) * 2 + sum(mspec.text.values()) + 2)
-    if row_bytes * n <= cache_bytes:
+    if processed_row_bytes(meta) * n <= cache_bytes:
         raw = tf.data.Dataset.from_tensor_slices(feats).batch(4096)
         chunks = list(raw.map(preprocessor, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
         del raw, feats
         data = {k: tf.concat([c[k] for c in chunks], axis=0) for k in chunks[0]} if chunks else {}
         del chunks
-        columns = (data, *[tf.constant(e) for e in extras])
+        return gathered_batches((data, *[tf.constant(e) for e in extras]), n, batch_size, shuffle, seed)
+    element = (feats, *extras) if extras else feats
+    ds = tf.data.Dataset.from_tensor_slices(element)
+    if shuffle:
+        ds = ds.shuffle(min(n, 1 << 18), seed=seed, reshuffle_each_iteration=True)
 
-        def gather(idx):
-            picked = tuple(tf.nest.map_structure(lambda a: tf.gather(a, idx), c) for c in columns)
-            return picked if len(picked) > 1 else picked[0]
+    def apply(*batch):
+        return (preprocessor(batch[0]), *batch[1:]) if len(batch) > 1 else preprocessor(batch[0])
 
-        order = tf.data.Dataset.range(n)
-        if shuffle:
-            order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
-        ds = order.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        element = (feats, *extras) if extras else feats
-        ds = tf.data.Dataset.from_tensor_slices(element)
-        if shuffle:
-            ds = ds.shuffle(min(n, 1 << 18), seed=seed, reshuffle_each_iteration=True)
-
-        def apply(*batch):
-            return (preprocessor(batch[0]), *batch[1:]) if len(batch) > 1 else preprocessor(batch[0])
-
-        ds = ds.batch(batch_size).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.batch(batch_size).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
     # the shuffle and map steps lose the dataset's length; stating it lets Keras size its first epoch
     return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(tf.data.AUTOTUNE)
+
+
+def processed_row_bytes(meta: PreprocessMeta) -> int:
+    """About how many bytes one processed row (with its label and weight) takes as tensors."""
+    mspec = meta.model_spec()
+    return 4 * (mspec.numeric_width + len(mspec.categorical) * 2 + sum(mspec.text.values()) + 2)
+
+
+def gathered_batches(columns: tuple, n: int, batch_size: int, shuffle: bool = False,
+                     seed: int = 0) -> "tf.data.Dataset":
+    """Batches gathered from ``columns`` (processed features, then label and weight: tensors of ``n`` rows each)
+    through a fresh permutation of the row numbers every epoch when ``shuffle``, in order otherwise."""
+    import tensorflow as tf
+
+    def gather(idx):
+        picked = tuple(tf.nest.map_structure(lambda a: tf.gather(a, idx), c) for c in columns)
+        return picked if len(picked) > 1 else picked[0]
+
+    order = tf.data.Dataset.range(n)
+    if shuffle:
+        order = order.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = order.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.apply(tf.data.experimental.assert_cardinality(-(-n // batch_size))).prefetch(tf.data.AUTOTUNE)
 
 
 def raw_dataset(df: "pd.DataFrame", spec: FeatureSpec, batch_size: int = 1024) -> "tf.data.Dataset":

@@ -4,11 +4,13 @@ Strategies: ``hash`` (the default: a stable hash of each row's values, or of ``k
 split when data is appended, as a retraining on newly labelled rows does), ``stratified`` (per label class, for
 classification; a shuffle, so appended rows move others between splits), ``random`` and ``time`` (oldest rows
 train, newest test).
+``hash`` is also done record batch by record batch (:func:`split_parquet`), for tables larger than memory.
 Rows without a label are dropped first: they cannot be trained or scored on; classes too rare to split are
 merged or dropped when the config says so (``labels``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -149,3 +151,115 @@ def write_splits(parts: dict[str, "pd.DataFrame"], out_dir: str | Path) -> dict[
     for name, part in parts.items():
         paths[name] = str(write_parquet_atomic(out_dir / f"{name}.parquet", part))
     return paths
+
+
+# -- streamed ------------------------------------------------------------------------------------------------
+
+STREAMED_STRATEGIES = ("hash",)  # the others order or permute the whole table: split_frame reads it whole
+
+
+@dataclass(frozen=True)
+class SplitSummary:
+    """What a streamed split wrote: the files, the rows dropped (as ``prepare_labels`` counts them), the rows of
+    each split and, for classification, the share of each class per split (as ``class_balance`` gives it)."""
+
+    paths: dict[str, str]
+    dropped: dict[str, int]
+    rows: dict[str, int]
+    balance: dict[str, dict[str, float]]
+
+
+def _rare_classes(snapshot: Path, label: str, task: str, labels: LabelsConfig, batch_rows: int) -> set[str]:
+    """The classes to merge or drop, counted over the label column of every row (the first pass)."""
+    from pipeline.datasets import iter_frames
+    from pipeline.preprocess import label_strings
+
+    if task != "classification" or labels.rare_classes not in ("merge", "drop"):
+        return set()
+    sizes: dict[str, int] = {}
+    for frame in iter_frames(snapshot, [label], batch_rows):
+        for name in label_strings(frame[label].dropna()):
+            sizes[name] = sizes.get(name, 0) + 1
+    return {n for n, c in sizes.items() if c < labels.min_class_rows}
+
+
+def split_parquet(snapshot: str | Path, out_dir: str | Path, label: str, cfg: SplitConfig, task: str,
+                  labels: LabelsConfig = LabelsConfig(), batch_rows: int = 65_536) -> SplitSummary:
+    """The ``hash`` split of :func:`split_frame` done record batch by record batch: the same rows in the same
+    splits, in the same order, written to ``out_dir/<name>.parquet`` (each atomically) with one record batch in
+    memory at a time. Two passes over the snapshot: the label column first (rare classes are a property of the
+    whole table), then every column.
+
+    Raises:
+        ValueError: a strategy other than ``hash`` (see :data:`STREAMED_STRATEGIES`), a missing key column, or a
+            train or test split left empty.
+    """
+    import contextlib
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.atomic import atomic_path
+    from pipeline.datasets import as_whole_read, whole_read_dtypes
+    from pipeline.preprocess import label_strings
+
+    if cfg.strategy not in STREAMED_STRATEGIES:
+        raise ValueError(f"split strategy {cfg.strategy!r} needs the whole table; streamed: {STREAMED_STRATEGIES}")
+    snapshot, out_dir = Path(snapshot), Path(out_dir)
+    pf = pq.ParquetFile(snapshot)
+    if cfg.key_column and cfg.key_column not in pf.schema_arrow.names:
+        raise ValueError(f"split.key_column {cfg.key_column!r} is not a column of the data")
+    if label not in pf.schema_arrow.names:
+        raise ValueError(f"{snapshot}: no label column {label!r}")
+    rare = _rare_classes(snapshot, label, task, labels, batch_rows)
+    dtypes = whole_read_dtypes(snapshot)
+    merge = bool(rare) and labels.rare_classes == "merge"
+    dropped = {"rows_without_label": 0, "rows_merged": 0, "rows_dropped_rare": 0}
+    rows = {name: 0 for name in SPLITS}
+    classes: dict[str, dict[str, int]] = {name: {} for name in SPLITS}
+    schema = pf.schema_arrow
+    if merge:  # merged labels are names, as split_frame writes them
+        schema = schema.set(schema.get_field_index(label), pa.field(label, pa.string()))
+    with contextlib.ExitStack() as stack:
+        tmps = {name: stack.enter_context(atomic_path(out_dir / f"{name}.parquet", suffix=".parquet"))
+                for name in SPLITS}
+        writers = {name: stack.enter_context(pq.ParquetWriter(tmps[name], schema)) for name in SPLITS}
+        for batch in pf.iter_batches(batch_size=batch_rows):
+            dropped["rows_without_label"] += batch.column(label).null_count
+            batch = batch.filter(batch.column(label).is_valid())
+            if not len(batch):
+                continue
+            frame = as_whole_read(batch.to_pandas(), dtypes)  # the row hash takes values as a whole read does
+            if task == "classification":
+                names = np.array(label_strings(frame[label]), dtype=object)
+                if rare:
+                    is_rare = np.isin(names, list(rare))
+                    if merge:
+                        dropped["rows_merged"] += int(is_rare.sum())
+                        names = np.where(is_rare, labels.merged_class, names)
+                        frame[label] = names
+                        batch = batch.set_column(batch.schema.get_field_index(label), label,
+                                                 pa.array(names.tolist(), pa.string()))
+                    else:
+                        dropped["rows_dropped_rare"] += int(is_rare.sum())
+                        keep = ~is_rare
+                        batch, frame, names = batch.filter(pa.array(keep)), frame[keep], names[keep]
+            u = row_hash_unit(frame[[cfg.key_column]] if cfg.key_column else frame, cfg.seed)
+            which = np.where(u < cfg.train, "train", np.where(u < cfg.train + cfg.val, "val", "test"))
+            for name in SPLITS:
+                mine = which == name
+                if mine.any():
+                    writers[name].write_batch(batch.filter(pa.array(mine)))
+                    rows[name] += int(mine.sum())
+                    if task == "classification":
+                        for cls, count in zip(*np.unique(names[mine].astype(str), return_counts=True)):
+                            classes[name][str(cls)] = classes[name].get(str(cls), 0) + int(count)
+        if not rows["train"] or not rows["test"]:
+            raise ValueError(f"split left train ({rows['train']} rows) or test ({rows['test']} rows) empty; "
+                             f"{sum(rows.values())} labelled rows is too few for ratios "
+                             f"{cfg.train}/{cfg.val}/{cfg.test}")
+        for writer in writers.values():
+            writer.close()
+    balance = {name: {c: n / rows[name] for c, n in sorted(counts.items())} for name, counts in classes.items()}
+    return SplitSummary({name: str(out_dir / f"{name}.parquet") for name in SPLITS}, dropped, rows, balance)

@@ -53,9 +53,34 @@ CONFIG_SNAPSHOT = "config.json"  # in the DAG run's data directory: the config e
 
 def resolve_run_config(params: Mapping[str, Any] | None) -> PipelineConfig:
     """The config ``params`` name, read now: ``params["config"]`` (a YAML path; default conf/penguins.yaml) with
-    the trigger form's overrides. With a ``source`` and ``label`` but no config file, every other setting is a
-    default and the features are inferred from the data."""
+    the trigger form's overrides, then ``params["overrides"]`` (:func:`apply_run_overrides`). With a ``source``
+    and ``label`` but no config file, every other setting is a default and the features are inferred from the
+    data."""
     params = dict(params or {})
+    return apply_run_overrides(_resolve_base_config(params), params.get("overrides"))
+
+
+def apply_run_overrides(cfg: PipelineConfig, overrides: Any) -> PipelineConfig:
+    """``cfg`` with the ``overrides`` Param applied: dotted config keys and their values
+    (``{"model.params.dropout": 0.2, "training.learning_rate": 0.003}``: what ``pipeline tune`` found best).
+
+    Raises:
+        ConfigError: ``overrides`` is not a mapping of dotted keys, or names an unknown key or an invalid value.
+    """
+    from pipeline.config import ConfigError
+
+    if not overrides:
+        return cfg
+    if not isinstance(overrides, Mapping) or not all(isinstance(k, str) and k for k in overrides):
+        raise ConfigError(f"overrides: must be a mapping of dotted config keys to values, got {overrides!r}")
+    try:
+        return cfg.with_overrides(overrides)
+    except ConfigError as exc:
+        raise ConfigError(f"overrides: {exc}") from None
+
+
+def _resolve_base_config(params: dict[str, Any]) -> PipelineConfig:
+    """The config of ``params`` before its ``overrides`` Param (see :func:`resolve_run_config`)."""
     overrides = {PARAM_OVERRIDES[k]: v for k, v in params.items() if k in PARAM_OVERRIDES and v not in (None, "")}
     if params.get("config"):
         return load_config(params["config"], overrides)
@@ -77,6 +102,15 @@ def load_run_config(params: Mapping[str, Any] | None, ctx: RunContext | None = N
     """
     if ctx is None:
         return resolve_run_config(params)
+    params = dict(params or {})
+    # Applied on top of the snapshot by every task, not part of it: the final training of a tuning run reads the
+    # run's snapshot with the best parameters over it (pipeline.tuning).
+    overrides = params.pop("overrides", None)
+    return apply_run_overrides(_snapshot_config(params, ctx), overrides)
+
+
+def _snapshot_config(params: dict[str, Any], ctx: RunContext) -> PipelineConfig:
+    """The run's config snapshot of ``params`` (without ``overrides``), resolved and written by the first task."""
     from pipeline.config import ConfigError
 
     path = ctx.data_dir / CONFIG_SNAPSHOT
@@ -90,7 +124,7 @@ def load_run_config(params: Mapping[str, Any] | None, ctx: RunContext | None = N
             return from_dict(snapshot["config"])
         except ConfigError as exc:
             raise ConfigError(f"config snapshot {path}: {exc}") from None
-    cfg = resolve_run_config(params)
+    cfg = _resolve_base_config(params)
     _write_json(path, {"params": key, "config": cfg.to_dict()})
     return cfg
 
@@ -175,7 +209,11 @@ def ingest_task(st: Stage, drift_events: Sequence[Mapping[str, Any] | None] = ()
         source_rows = snap.rows
         snap = append_labelled(snap, labelled)
         mlflow.log_params({"labelled_data": ",".join(labelled)[:6000], "source_rows": source_rows})
-    df = _read_frame(snap.path)
+    from pipeline.datasets import iter_frames
+
+    # the snapshot's first rows: the dataset's schema and digest (the source's) need no more, and a snapshot
+    # larger than memory is never read whole (its profile in MLflow counts these rows; the run's metric all)
+    df = next(iter_frames(snap.path, batch_rows=10_000))
     dataset = mlflow.data.from_pandas(df, source=snap.source, name=cfg.name, targets=cfg.label
                                       if cfg.label in df.columns else None, digest=snap.digest[:16])
     mlflow.log_input(dataset, context="training")
@@ -196,7 +234,7 @@ def validate_task(st: Stage, ingested: Mapping[str, Any]) -> dict[str, Any]:
 
     from pipeline import registry
     from pipeline.export import SCHEMA_FILE
-    from pipeline.validate import ValidationError, feature_table, load_schema, validate
+    from pipeline.validate import ValidationError, feature_table, load_schema, validate_parquet
 
     cfg = st.cfg
     champion = registry.champion_dir(cfg.serving.model_name)
@@ -205,8 +243,9 @@ def validate_task(st: Stage, ingested: Mapping[str, Any]) -> dict[str, Any]:
     mlflow.log_param("reference_schema", f"champion v{champion[0]}" if reference else "none (first run: inferred)")
     split_columns = tuple(c for c in (cfg.split.key_column, cfg.split.time_column) if c)
     try:
-        result = validate(_read_frame(ingested["snapshot"]), cfg.label, cfg.task, cfg.features, cfg.labels,
-                          not_features=split_columns, reference=reference, source=ingested["source"])
+        # kinds inferred on a bounded sample, every statistic streamed over the snapshot's record batches
+        result = validate_parquet(ingested["snapshot"], cfg.label, cfg.task, cfg.features, cfg.labels,
+                                  not_features=split_columns, reference=reference, source=ingested["source"])
     except ValidationError as exc:
         mlflow.log_dict({"anomalies": [a.__dict__ for a in exc.anomalies]}, "anomalies.json")
         raise
@@ -235,20 +274,27 @@ def split_task(st: Stage, ingested: Mapping[str, Any], validated: Mapping[str, A
     or by time), written as Parquet under the run's work directory."""
     import mlflow
 
-    from pipeline.split import class_balance, prepare_labels, split_frame, write_splits
+    from pipeline.split import (STREAMED_STRATEGIES, class_balance, prepare_labels, split_frame, split_parquet,
+                                write_splits)
 
     cfg, features = st.cfg, validated["features"]
+    label, task = features["label"], features["task"]
     mlflow.log_params({f"split_{k}": v for k, v in cfg.split.__dict__.items()})
-    frame = _read_frame(ingested["snapshot"])
-    labelled, dropped = prepare_labels(frame, features["label"], features["task"], cfg.labels)
-    parts = split_frame(labelled, features["label"], cfg.split, features["task"], cfg.labels)
+    if cfg.split.strategy in STREAMED_STRATEGIES:  # record batch by record batch: the table is never whole
+        summary = split_parquet(ingested["snapshot"], st.ctx.work_dir / "split", label, cfg.split, task, cfg.labels)
+        out, dropped, rows, balance = summary.paths, summary.dropped, summary.rows, summary.balance
+    else:
+        frame = _read_frame(ingested["snapshot"])
+        labelled, dropped = prepare_labels(frame, label, task, cfg.labels)
+        parts = split_frame(labelled, label, cfg.split, task, cfg.labels)
+        out = write_splits(parts, st.ctx.work_dir / "split")
+        rows = {k: len(v) for k, v in parts.items()}
+        balance = class_balance(parts, label) if task == "classification" else {}
     mlflow.log_metrics(dropped)
     if dropped["rows_without_label"]:
         print(f"split: warning: {dropped['rows_without_label']} rows without a label dropped")
-    out = write_splits(parts, st.ctx.work_dir / "split")
-    mlflow.log_metrics({f"rows_{k}": len(v) for k, v in parts.items()})
-    if features["task"] == "classification":
-        balance = class_balance(parts, features["label"])
+    mlflow.log_metrics({f"rows_{k}": v for k, v in rows.items()})
+    if task == "classification":
         mlflow.log_dict(balance, "class_balance.json")
         mlflow.log_metrics({f"share_{s}_{c}": v for s, shares in balance.items() for c, v in shares.items()})
     return dict(out)
@@ -260,10 +306,11 @@ def preprocess_task(st: Stage, splits: Mapping[str, Any], validated: Mapping[str
     import mlflow
 
     from pipeline.features import FeatureSpec
-    from pipeline.preprocess import fit_preprocessing, save_preprocessing
+    from pipeline.preprocess import fit_preprocessing_parquet, save_preprocessing
 
     spec = FeatureSpec.from_dict(validated["features"])
-    meta = fit_preprocessing(_read_frame(splits["train"]), spec, st.cfg.features)
+    # a bounded sample of a large training split, its classes counted over every row
+    meta = fit_preprocessing_parquet(splits["train"], spec, st.cfg.features, seed=st.cfg.training.seed)
     out = save_preprocessing(meta, st.ctx.work_dir / "preprocess")
     memory.release()
     mspec = meta.model_spec()
@@ -291,9 +338,10 @@ def train_task(st: Stage, splits: Mapping[str, Any], preprocessed: Mapping[str, 
                        **{f"training_{k}": v for k, v in cfg.training.__dict__.items()}})
     epochs = tracking.EpochLogger()
     try:
-        result = train(_read_frame(splits["train"]), _read_frame(splits["val"]),
-                       PreprocessMeta.load(preprocessed["meta"]), cfg.model, cfg.training, st.ctx.work_dir / "train",
-                       seed=cfg.training.seed, callbacks=[epochs, progress.keras_callback()])
+        # the split's Parquet files, read batch by batch: a training split larger than memory still trains
+        result = train(splits["train"], splits["val"], PreprocessMeta.load(preprocessed["meta"]), cfg.model,
+                       cfg.training, st.ctx.work_dir / "train", seed=cfg.training.seed,
+                       callbacks=[epochs, progress.keras_callback()])
     finally:
         epochs.flush()  # the epochs of a failed attempt too
     mlflow.log_metrics({"batch_size": result.batch_size, "planned_epochs": result.planned_epochs})
@@ -320,18 +368,28 @@ def evaluate_task(st: Stage, splits: Mapping[str, Any], preprocessed: Mapping[st
     from pipeline import registry, tracking
     from pipeline.atomic import atomic_path
     from pipeline.export import ExportError, predict_keras, predict_saved_model
-    from pipeline.preprocess import PreprocessMeta, label_array
+    from pipeline.preprocess import PreprocessMeta
     from pipeline.train import load_model
 
     cfg = st.cfg
     meta = PreprocessMeta.load(preprocessed["meta"])
     spec = meta.feature_spec
-    test = _read_frame(splits["test"])
-    y = label_array(test, meta)
-    if spec.task == "classification":
-        keep = y >= 0  # classes never seen in training cannot be scored
-        test, y = test[keep].reset_index(drop=True), y[keep]
-    pred = predict_keras(load_model(trained["model"], meta, cfg.model), test, meta)
+    model = load_model(trained["model"], meta, cfg.model)
+    predictors = {"candidate": lambda frame: predict_keras(model, frame, meta)}
+    champion = registry.champion_dir(cfg.serving.model_name)
+    champion_version = champion[0] if champion is not None else None
+    champion_loaded, champion_note = None, "no champion"
+    if champion is not None:
+        import tensorflow as tf
+
+        try:
+            champion_loaded = tf.saved_model.load(str(champion[1]))  # once, not once a batch
+            predictors["champion"] = lambda frame: predict_saved_model(champion_loaded, frame, spec)
+        except (OSError, ValueError) as exc:
+            champion_note = f"champion v{champion_version} could not be loaded: {exc}"
+    # record batch by record batch: only the labels and the predictions of the test split are held
+    scored = ev.score_split(splits["test"], meta, predictors, catch=(ExportError, KeyError, ValueError))
+    y, pred = scored.y, scored.predictions["candidate"]
 
     def score(p):
         if spec.task == "classification":
@@ -339,19 +397,17 @@ def evaluate_task(st: Stage, splits: Mapping[str, Any], preprocessed: Mapping[st
         return ev.regression_metrics(y, p)
 
     metrics = score(pred)
-    champion_metrics, champion_version, champion_note = None, None, "no champion"
-    champion = registry.champion_dir(cfg.serving.model_name)
-    if champion is not None:
-        champion_version = champion[0]
-        try:
-            champion_metrics = score(predict_saved_model(champion[1], test, spec))
-            champion_note = f"champion v{champion_version} scored on the same test split"
-        except (ExportError, KeyError, ValueError) as exc:
-            champion_note = f"champion v{champion_version} could not be scored on this data: {exc}"
+    champion_metrics = None
+    if "champion" in scored.predictions:
+        champion_metrics = score(scored.predictions["champion"])
+        champion_note = f"champion v{champion_version} scored on the same test split"
+    elif "champion" in scored.errors:
+        champion_note = f"champion v{champion_version} could not be scored on this data: {scored.errors['champion']}"
+    del champion_loaded
     gate = ev.resolve_gate(cfg.gate, spec.task)
     decision = ev.decide_blessing(metrics, gate, champion_metrics)
     # On the test split as a dataset: the export logs the same metrics on the logged model, on this dataset.
-    dataset = tracking.test_dataset(test, splits["test"], cfg.name, spec.label)
+    dataset = tracking.test_dataset(scored.head, splits["test"], cfg.name, spec.label, rows=scored.rows)
     mlflow.log_input(dataset, context=tracking.TEST_CONTEXT)
     mlflow.log_metrics(metrics, dataset=dataset)
     if champion_metrics:
@@ -379,7 +435,7 @@ def evaluate_task(st: Stage, splits: Mapping[str, Any], preprocessed: Mapping[st
         "metrics": metrics, "champion_metrics": champion_metrics, "decision": decision.to_dict(),
         "champion_version": champion_version, "champion_note": champion_note,
         "gate": {"metric": gate.metric, "thresholds": dict(gate.thresholds), "max_regression": gate.max_regression},
-        "test_rows": len(test), "test_dataset": dataset.name, "plots": {plot: str(out_dir / plot)}})
+        "test_rows": scored.rows, "test_dataset": dataset.name, "plots": {plot: str(out_dir / plot)}})
     for reason in decision.reasons:
         print(f"evaluate: {reason}")
     return {"blessed": decision.blessed, "metric": {gate.metric: metrics.get(gate.metric)},
@@ -416,7 +472,12 @@ def export_task(st: Stage, ingested: Mapping[str, Any], validated: Mapping[str, 
     meta = PreprocessMeta.load(preprocessed["meta"])
     spec = meta.feature_spec
     staging_root = paths.serving_dir(cfg.serving.model_name)
-    test = _read_frame(splits["test"])
+    from pipeline.datasets import sample_frame
+
+    # the export is checked against the Keras model on the test split, or on a uniform sample of 10,000 of its
+    # rows: enough rows to catch a difference; a larger test split is never read whole, and the SavedModel's
+    # signature, called on all of them at once, holds their processed features (TF-IDF: 12 KB a row) at once
+    test = sample_frame(splits["test"], 10_000, seed=0)
     evaluation = json.loads(Path(evaluated["metrics_file"]).read_text())
     metrics = evaluation["metrics"]
     metadata = {

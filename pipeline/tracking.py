@@ -194,13 +194,32 @@ def logged_model_name(model_name: str, version: int | None = None) -> str:
     return f"{base}-v{version}" if version is not None else base
 
 
-def test_dataset(frame: "Any", source: str, name: str, label: str | None) -> "Any":
+def test_dataset(frame: "Any", source: str, name: str, label: str | None, rows: int | None = None) -> "Any":
     """The test split as an MLflow dataset: the same rows give the same digest, so the candidate's and the
-    champion's metrics on them share a column group in the Models tab."""
+    champion's metrics on them share a column group in the Models tab. ``frame`` may be the split's first rows
+    only (MLflow's digest reads no more than 10,000) with ``rows`` the split's size: the digest is then MLflow's
+    digest of the whole split."""
     import mlflow
 
-    return mlflow.data.from_pandas(frame, source=source, name=f"{name}-test",
+    digest = None
+    if rows is not None and rows != len(frame):
+        digest = split_digest(frame, rows)
+    return mlflow.data.from_pandas(frame, source=source, name=f"{name}-test", digest=digest,
                                    targets=label if label in frame.columns else None)
+
+
+def split_digest(head: "Any", rows: int) -> str:
+    """MLflow's pandas digest (``mlflow.data.digest_utils.compute_pandas_digest``) of a table of ``rows`` rows
+    whose first rows (at least 10,000 of them, or all) are ``head``."""
+    import numpy as np
+    import pandas as pd
+    from mlflow.data.digest_utils import MAX_ROWS, get_normalized_md5_digest
+
+    trimmed = head.head(MAX_ROWS)
+    strings = trimmed.columns[(trimmed.map(type) == str).all(0)]
+    trimmed = trimmed[strings.union(trimmed.select_dtypes(include=[np.number]).columns)]
+    return get_normalized_md5_digest([pd.util.hash_pandas_object(trimmed).values, np.int64(rows)]
+                                     + [str(x).encode() for x in head.columns])
 
 
 def run_dataset(run_id: str, context: str = TEST_CONTEXT) -> "Any":

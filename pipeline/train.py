@@ -44,10 +44,17 @@ class TrainResult:
         return asdict(self)
 
 
-def select_strategy() -> tuple["tf.distribute.Strategy", str]:
-    """The distribution strategy for this machine: TPU if one is reachable, else mirrored over several GPUs,
-    one GPU, or the default (CPU) strategy."""
+def select_strategy(distribution: str = "auto") -> tuple["tf.distribute.Strategy", str]:
+    """The distribution strategy for this machine (``training.distribution``). ``auto``: TPU if one is
+    reachable, else mirrored over several GPUs, one GPU, or the default (CPU) strategy. ``mirrored``:
+    MirroredStrategy over every GPU, else over every logical CPU device (one unless the process configured
+    more with ``tf.config.set_logical_device_configuration``, as the tests do)."""
     import tensorflow as tf
+
+    if distribution == "mirrored":
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        kind = "gpu" if devices[0].device_type == "GPU" else "cpu"
+        return tf.distribute.MirroredStrategy([d.name for d in devices]), f"mirrored:{len(devices)}{kind}"
 
     try:
         resolver = tf.distribute.cluster_resolver.TPUClusterResolver()
@@ -66,7 +73,7 @@ def select_strategy() -> tuple["tf.distribute.Strategy", str]:
 
 def precision_policy(kind: str, mixed_precision: bool) -> str:
     """Mixed precision only where it pays: float16 on GPUs, bfloat16 on TPUs; CPUs stay float32."""
-    if not mixed_precision or kind == "cpu":
+    if not mixed_precision or kind.endswith("cpu"):  # "cpu", "mirrored:2cpu"
         return "float32"
     return "mixed_bfloat16" if kind == "tpu" else "mixed_float16"
 
@@ -250,30 +257,33 @@ def _release_each_epoch():
     return ReleaseMemory()
 
 
-def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", meta: PreprocessMeta, model_cfg: ModelConfig,
-          cfg: TrainingConfig, work_dir: str | Path, seed: int = 42,
+def train(train_df: "pd.DataFrame | str | Path", val_df: "pd.DataFrame | str | Path", meta: PreprocessMeta,
+          model_cfg: ModelConfig, cfg: TrainingConfig, work_dir: str | Path, seed: int = 42,
           callbacks: Sequence["keras.callbacks.Callback"] = ()) -> TrainResult:
     """Fit the model and save it to ``work_dir/model.keras`` (the body: processed features in).
 
     Args:
-        train_df, val_df: the training and validation splits (raw feature columns plus the label).
-        meta: the encodings fitted on ``train_df`` (the preprocessor is rebuilt from them).
+        train_df, val_df: the training and validation splits (raw feature columns plus the label): frames in
+            memory, or Parquet sources (a file or a directory of shards), read record batch by record batch
+            (:func:`pipeline.datasets.parquet_dataset`), never whole.
+        meta: the encodings fitted on the training split (the preprocessor is rebuilt from them).
         work_dir: the run-keyed training directory; ``backup/`` in it holds the resume checkpoint.
         callbacks: extra Keras callbacks (the tracking layer passes its per-epoch MLflow logger here).
     """
     import keras
     import numpy as np
 
-    from pipeline.preprocess import build_preprocessor, class_weights, label_array, processed_dataset
+    from pipeline.preprocess import build_preprocessor, class_weights
 
     keras.utils.set_random_seed(seed)
-    strategy, kind = select_strategy()
+    strategy, kind = select_strategy(cfg.distribution)
     policy = precision_policy(kind, cfg.mixed_precision)
     keras.mixed_precision.set_global_policy(policy)
     work_dir = Path(work_dir)
     backup_dir = work_dir / "backup"
     resumed = _backup_epoch(backup_dir)
-    sizes = plan(len(train_df), cfg)
+    train_rows = _rows(train_df)
+    sizes = plan(train_rows, cfg)
 
     with strategy.scope():
         model = build_body(meta, model_cfg)
@@ -288,19 +298,17 @@ def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", meta: PreprocessMeta
         model.compile(optimizer=_optimizer(cfg, sizes.epochs * sizes.steps_per_epoch, sizes.steps_per_epoch),
                       loss=loss, metrics=metrics)
 
-    weights = None
     by_class = class_weights(meta, cfg.class_weight)
-    if by_class is not None:
-        y = label_array(train_df, meta)
-        weights = np.array([by_class.get(int(c), 1.0) for c in y], dtype=np.float32)
     preprocessor = build_preprocessor(meta)
-    has_val = len(val_df) > 0
+    has_val = _rows(val_df) > 0
     monitor = "val_loss" if has_val else "loss"
     history_cb = keras.callbacks.History()
     tensorboard_dir = work_dir / TENSORBOARD_DIR if cfg.tensorboard else None
     fit_callbacks = [
         keras.callbacks.EarlyStopping(monitor=monitor, patience=sizes.patience, restore_best_weights=True),
-        keras.callbacks.BackupAndRestore(str(backup_dir)),
+        # double_checkpoint: the checkpoint before the last is kept, and loaded when the last one is unreadable
+        # (its writer killed half way: a worker lost mid-save would otherwise fail every retry)
+        keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True),
         history_cb,
         *([_time_budget(cfg.max_minutes)] if cfg.max_minutes else []),
         *([keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=cfg.lr_decay_rate,
@@ -310,10 +318,10 @@ def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", meta: PreprocessMeta
         _release_each_epoch(),
         *callbacks,
     ]
-    train_ds = processed_dataset(train_df, meta, preprocessor, sizes.batch_size, shuffle=True, seed=seed,
-                                 weights=weights)
-    val_ds = processed_dataset(val_df, meta, preprocessor, 1024) if has_val else None
-    print(f"train: {len(train_df)} rows, batch size {sizes.batch_size}, up to {sizes.epochs} epochs "
+    train_ds = fit_dataset(train_df, meta, preprocessor, sizes.batch_size, cfg, shuffle=True, seed=seed,
+                           class_weight=by_class)
+    val_ds = fit_dataset(val_df, meta, preprocessor, 1024, cfg) if has_val else None
+    print(f"train: {train_rows} rows, batch size {sizes.batch_size}, up to {sizes.epochs} epochs "
           f"({sizes.steps_per_epoch} steps each), early stopping patience {sizes.patience}"
           + (f", class weights {by_class}" if by_class else ""))
     model.fit(train_ds, validation_data=val_ds, epochs=sizes.epochs, callbacks=fit_callbacks, verbose=2, shuffle=False)
@@ -342,14 +350,68 @@ def train(train_df: "pd.DataFrame", val_df: "pd.DataFrame", meta: PreprocessMeta
     return result
 
 
+def _rows(data: "pd.DataFrame | str | Path") -> int:
+    import pandas as pd
+
+    if isinstance(data, pd.DataFrame):
+        return len(data)
+    from pipeline.datasets import parquet_rows
+
+    return parquet_rows(data)
+
+
+def fit_dataset(data: "pd.DataFrame | str | Path", meta: PreprocessMeta, preprocessor: "keras.Model",
+                batch_size: int, cfg: TrainingConfig, shuffle: bool = False, seed: int = 0,
+                class_weight: dict[int, float] | None = None) -> "tf.data.Dataset":
+    """The ``tf.data`` pipeline the fit reads: from a frame (``processed_dataset``) or from Parquet
+    (``parquet_dataset``: processed rows kept in memory up to ``training.in_memory_mb``, streamed beyond)."""
+    import numpy as np
+    import pandas as pd
+
+    from pipeline.preprocess import label_array, processed_dataset
+
+    if isinstance(data, pd.DataFrame):
+        weights = None
+        if class_weight is not None:
+            y = label_array(data, meta)
+            weights = np.array([class_weight.get(int(c), 1.0) for c in y], dtype=np.float32)
+        return processed_dataset(data, meta, preprocessor, batch_size, shuffle=shuffle, seed=seed, weights=weights)
+    from pipeline.datasets import parquet_dataset
+
+    return parquet_dataset(data, meta, preprocessor, batch_size, shuffle=shuffle, seed=seed,
+                           class_weight=class_weight, shuffle_buffer=cfg.shuffle_buffer,
+                           cache_bytes=cfg.in_memory_mb << 20)
+
+
 def _backup_epoch(backup_dir: Path) -> int:
-    """How many epochs a previous attempt completed (0 when starting fresh), from Keras' backup metadata,
-    which records the next epoch to run."""
+    """How many epochs a previous attempt completed (0 when starting fresh), from the checkpoint Keras'
+    BackupAndRestore will resume from: the last one, or the one before when the last is unreadable (an attempt
+    killed while writing it). With neither readable, the backup is removed: the fit starts over instead of
+    failing on every retry."""
+    weights = backup_dir / "latest.weights.h5"
     meta = backup_dir / "training_metadata.json"
+    for weights_file, meta_file in ((weights, meta), (Path(f"{weights}.bkp"), Path(f"{meta}.bkp"))):
+        epoch = _checkpoint_epoch(weights_file, meta_file)
+        if epoch is not None:
+            return epoch
+    if backup_dir.exists():
+        print(f"train: the checkpoint in {backup_dir} is unreadable (an attempt killed while writing it): "
+              "starting over")
+        shutil.rmtree(backup_dir)
+    return 0
+
+
+def _checkpoint_epoch(weights: Path, meta: Path) -> int | None:
+    """The next epoch a checkpoint records, None when its weights or metadata cannot be read in full."""
+    import h5py
+
     try:
-        return int(json.loads(meta.read_text()).get("epoch", 0))
-    except (OSError, ValueError):
-        return 0
+        epoch = int(json.loads(meta.read_text())["epoch"])
+        with h5py.File(weights, "r") as f:  # every array read: a file cut short can still open
+            f.visititems(lambda _, item: item[()] if isinstance(item, h5py.Dataset) else None)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return epoch
 
 
 _LOADED: dict[tuple, "keras.Model"] = {}

@@ -11,17 +11,17 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterable
 
 from pipeline.config import FeaturesConfig, LabelsConfig
 from pipeline.features import BOOLEAN, CATEGORICAL, EXCLUDED_KINDS, HIGH_CARDINALITY, NUMERIC, FeatureSpec
+from pipeline.profile import ColumnProfile, LabelProfile, quantiles
 
 if TYPE_CHECKING:
     import pandas as pd
 
 # Null-rate increase (absolute) against the reference that warns, and that blocks.
 NULL_RATE_WARN, NULL_RATE_BLOCK = 0.05, 0.3
-MAX_DOMAIN = 1000  # domains larger than this are not stored (free-text-like columns)
 
 
 class ValidationError(ValueError):
@@ -56,59 +56,76 @@ class ValidationResult:
                 "warnings": len(self.anomalies) - len(self.blocking)}
 
 
-def infer_schema(df: "pd.DataFrame", spec: FeatureSpec) -> dict[str, Any]:
-    """Describe each feature and the label of ``df`` (already checked to be usable), and the excluded columns."""
-    import pandas as pd
+def profile_columns(frames: Iterable["pd.DataFrame"], spec: FeatureSpec
+                    ) -> tuple[dict[str, ColumnProfile], LabelProfile]:
+    """One pass over ``frames`` (a whole frame, or the record batches of a snapshot): the statistics of every
+    feature, excluded column and the label (:mod:`pipeline.profile`)."""
+    profiles = {}
+    for col in spec.names + (spec.label,):
+        kind = "label" if col == spec.label else spec.kind(col)
+        category = kind in (CATEGORICAL, HIGH_CARDINALITY, BOOLEAN) or (kind == "label" and spec.task == "classification")
+        profiles[col] = ColumnProfile(categorical=category, numeric=not category and kind in (NUMERIC, "label"))
+    profiles.update({col: ColumnProfile() for col in spec.excluded})
+    label = LabelProfile(spec.task == "classification")
+    for frame in frames:
+        for col, p in profiles.items():
+            p.update(frame[col])
+        label.update(frame[spec.label])
+    return profiles, label
 
+
+def schema_from_profiles(profiles: dict[str, ColumnProfile], spec: FeatureSpec,
+                         sample: "pd.DataFrame") -> dict[str, Any]:
+    """The schema (see the module docstring) from the columns' statistics; the numeric columns' quantiles from
+    ``sample`` (every row, or a bounded uniform sample of them)."""
     columns: dict[str, Any] = {}
     for col in spec.names + (spec.label,):
-        s = df[col]
         kind = "label" if col == spec.label else spec.kind(col)
-        entry: dict[str, Any] = {"kind": kind, "dtype": str(s.dtype), "null_rate": float(s.isna().mean())}
+        stats = profiles[col].entry()
+        entry: dict[str, Any] = {"kind": kind, "dtype": stats.pop("dtype"), "null_rate": stats.pop("null_rate")}
         if col in spec.details:
             entry.update({k: v for k, v in spec.details[col].items() if k not in ("pinned",)})
             entry["pinned"] = bool(spec.details[col].get("pinned"))
-        treat_as_category = kind in (CATEGORICAL, HIGH_CARDINALITY, BOOLEAN) or (
-            kind == "label" and spec.task == "classification")
-        if treat_as_category:
-            domain = sorted(str(v) for v in s.dropna().unique()) if s.nunique() <= MAX_DOMAIN else None
-            entry["domain"] = domain
-            entry["distinct"] = int(s.nunique())
-        elif kind in (NUMERIC, "label"):
-            values = pd.to_numeric(s, errors="coerce")
-            entry["min"], entry["max"] = float(values.min()), float(values.max())
-            entry["mean"], entry["std"] = float(values.mean()), float(values.std(ddof=0))
+        entry.update(stats)
+        if profiles[col].numeric:
+            entry["quantiles"] = quantiles(sample[col])
         columns[col] = entry
     for col, why in spec.excluded.items():
-        columns[col] = {"kind": why.split(":")[0], "dtype": str(df[col].dtype), "null_rate": float(df[col].isna().mean()),
+        stats = profiles[col].entry()
+        columns[col] = {"kind": why.split(":")[0], "dtype": stats["dtype"], "null_rate": stats["null_rate"],
                         "excluded": why}
-    return {"version": 2, "features": spec.to_dict(), "rows": int(len(df)), "columns": columns}
+    return {"version": 2, "features": spec.to_dict(), "rows": int(profiles[spec.label].rows), "columns": columns}
+
+
+def infer_schema(df: "pd.DataFrame", spec: FeatureSpec) -> dict[str, Any]:
+    """Describe each feature and the label of ``df`` (already checked to be usable), and the excluded columns."""
+    return schema_from_profiles(profile_columns([df], spec)[0], spec, df)
 
 
 def check_label(df: "pd.DataFrame", spec: FeatureSpec, labels: LabelsConfig) -> list[Anomaly]:
     """A usable label: not empty, numbers for a regression, two classes or more, none too rare to split."""
-    import pandas as pd
+    profile = LabelProfile(spec.task == "classification")
+    profile.update(df[spec.label])
+    return label_anomalies(profile, spec, labels)
 
-    from pipeline.preprocess import label_strings
 
+def label_anomalies(profile: LabelProfile, spec: FeatureSpec, labels: LabelsConfig) -> list[Anomaly]:
+    """:func:`check_label` from the label's statistics over every row."""
     out: list[Anomaly] = []
-    label = df[spec.label]
-    if label.isna().all():
+    if profile.missing == profile.rows:
         return [Anomaly(spec.label, "missing_label", "label column has no values (every row is missing)", True)]
-    n_missing = int(label.isna().sum())
+    n_missing = profile.missing
     if n_missing:
-        out.append(Anomaly(spec.label, "missing_label", f"{n_missing} of {len(label)} rows have no label and are "
+        out.append(Anomaly(spec.label, "missing_label", f"{n_missing} of {profile.rows} rows have no label and are "
                                                          "dropped", False))
-    present = label.dropna()
     if spec.task == "regression":
-        if not pd.api.types.is_numeric_dtype(present):
-            bad = present[pd.to_numeric(present, errors="coerce").isna()]
+        if not profile.numeric:
             out.append(Anomaly(spec.label, "text_in_numeric",
-                               f"regression label has non-numeric values, e.g. {[str(v) for v in bad.unique()[:3]]}", True))
-        elif present.nunique() < 2:
+                               f"regression label has non-numeric values, e.g. {profile.not_numbers}", True))
+        elif len(profile.seen) < 2:
             out.append(Anomaly(spec.label, "constant_label", "regression label is constant", True))
         return out
-    counts = pd.Series(label_strings(present)).value_counts()
+    counts = profile.class_counts()
     if len(counts) < 2:
         out.append(Anomaly(spec.label, "constant_label",
                            f"label has a single class ({counts.index[0]!r}); a classifier needs at least two", True))
@@ -172,6 +189,38 @@ def compare_with_reference(schema: dict[str, Any], reference: dict[str, Any]) ->
     return out
 
 
+def _resolved(df: "pd.DataFrame", label: str, task: str | None, features: FeaturesConfig,
+              not_features: tuple[str, ...], source: str) -> FeatureSpec:
+    from pipeline.features import FeatureError, column_key, resolve_features
+
+    if column_key(label) not in df.columns:
+        raise ValidationError([Anomaly(label, "missing_column", "label column not found", True)], source)
+    try:
+        return resolve_features(df, label, task, kinds=features.kinds, not_features=not_features, options=features)
+    except FeatureError as exc:
+        raise ValidationError([Anomaly(e.column, e.problem, str(e).removeprefix(f"column {e.column!r}: "), True)
+                               for e in exc.errors], source) from exc
+
+
+def _checked(spec: FeatureSpec, profiles: dict[str, ColumnProfile], label: LabelProfile, sample: "pd.DataFrame",
+             labels: LabelsConfig, reference: dict[str, Any] | None, source: str) -> ValidationResult:
+    """The anomalies and the schema of profiled data; raises ValidationError on a blocking anomaly."""
+    anomalies: list[Anomaly] = []
+    for col, why in spec.excluded.items():
+        if not why.startswith("exclude"):
+            anomalies.append(Anomaly(col, why.split(":")[0], f"not used as a feature: {why}", False))
+    anomalies += label_anomalies(label, spec, labels)
+    if any(a.blocking for a in anomalies):
+        raise ValidationError(anomalies, source)
+    schema = schema_from_profiles(profiles, spec, sample)
+    if reference is not None:
+        anomalies += compare_with_reference(schema, reference)
+    result = ValidationResult(schema, anomalies)
+    if result.blocking:
+        raise ValidationError(anomalies, source)
+    return result
+
+
 def validate(df: "pd.DataFrame", label: str, task: str | None, features: FeaturesConfig = FeaturesConfig(),
              labels: LabelsConfig = LabelsConfig(), not_features: tuple[str, ...] = (),
              reference: dict[str, Any] | None = None, source: str = "") -> ValidationResult:
@@ -181,29 +230,30 @@ def validate(df: "pd.DataFrame", label: str, task: str | None, features: Feature
     Raises:
         ValidationError: with every blocking anomaly, each naming its column.
     """
-    from pipeline.features import FeatureError, column_key, resolve_features
+    spec = _resolved(df, label, task, features, not_features, source)
+    profiles, label_profile = profile_columns([df], spec)
+    return _checked(spec, profiles, label_profile, df, labels, reference, source)
 
-    if column_key(label) not in df.columns:
-        raise ValidationError([Anomaly(label, "missing_column", "label column not found", True)], source)
-    try:
-        spec = resolve_features(df, label, task, kinds=features.kinds, not_features=not_features, options=features)
-    except FeatureError as exc:
-        raise ValidationError([Anomaly(e.column, e.problem, str(e).removeprefix(f"column {e.column!r}: "), True)
-                               for e in exc.errors], source) from exc
-    anomalies: list[Anomaly] = []
-    for col, why in spec.excluded.items():
-        if not why.startswith("exclude"):
-            anomalies.append(Anomaly(col, why.split(":")[0], f"not used as a feature: {why}", False))
-    anomalies += check_label(df, spec, labels)
-    if any(a.blocking for a in anomalies):
-        raise ValidationError(anomalies, source)
-    schema = infer_schema(df, spec)
-    if reference is not None:
-        anomalies += compare_with_reference(schema, reference)
-    result = ValidationResult(schema, anomalies)
-    if result.blocking:
-        raise ValidationError(anomalies, source)
-    return result
+
+def validate_parquet(snapshot: str | Path, label: str, task: str | None, features: FeaturesConfig = FeaturesConfig(),
+                     labels: LabelsConfig = LabelsConfig(), not_features: tuple[str, ...] = (),
+                     reference: dict[str, Any] | None = None, source: str = "",
+                     batch_rows: int = 65_536) -> ValidationResult:
+    """:func:`validate` of a Parquet snapshot in bounded memory. The feature kinds are inferred on a uniform
+    sample of ``features.fit_sample_rows`` rows (a column's kind shows in a few hundred thousand of its values:
+    its share of numbers, of distinct values, its date format) and the numeric quantiles come from that sample;
+    every count and statistic of the schema and of the label's checks (nulls, domains, distinct values, min,
+    max, mean, spread, classes) is computed over every row in one streamed pass of record batches. A snapshot
+    of at most ``fit_sample_rows`` rows gives what :func:`validate` gives on its frame."""
+    from pipeline.datasets import as_whole_read, iter_frames, sample_frame, whole_read_dtypes
+
+    sample = sample_frame(snapshot, features.fit_sample_rows, seed=0)
+    spec = _resolved(sample, label, task, features, not_features, source or str(snapshot))
+    dtypes = whole_read_dtypes(snapshot)
+    columns = [*spec.names, spec.label, *spec.excluded]
+    frames = (as_whole_read(frame, dtypes) for frame in iter_frames(snapshot, columns, batch_rows))
+    profiles, label_profile = profile_columns(frames, spec)
+    return _checked(spec, profiles, label_profile, sample, labels, reference, source)
 
 
 def feature_table(schema: dict[str, Any]) -> str:

@@ -22,20 +22,27 @@ from pipeline.names import model_name_flag
 DAG_ID = "training_pipeline"
 
 
-def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="pipeline train", description=__doc__.splitlines()[0])
-    p.add_argument("--config", help="YAML pipeline config (default conf/penguins.yaml)")
+def add_run_arguments(p: argparse.ArgumentParser,
+                      config_help: str = "YAML pipeline config (default conf/penguins.yaml)") -> None:
+    """The arguments of a DAG run's params (:func:`run_conf`) and of its view: ``pipeline train``'s and
+    ``pipeline tune``'s."""
+    p.add_argument("--config", help=config_help)
     p.add_argument("--source", help="CSV or Parquet file to train on (features are inferred without --config)")
     p.add_argument("--label", help="label column of --source")
     p.add_argument("--model-name", type=model_name_flag, help="name of the registered and served model")
     p.add_argument("--epochs", type=int, help="override training.epochs (default: chosen from the data)")
     p.add_argument("--max-minutes", type=float, help="time budget of the fit (training.max_minutes)")
     p.add_argument("--conf", default="{}", help="extra DAG run params as a JSON object")
-    p.add_argument("--no-early-sandbox", action="store_true",
-                   help="start the deploy stage's validation server when that stage runs, not while Airflow starts")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="stream Airflow's, MLflow's and TensorFlow's logs here (default: to a file under PIPELINE_HOME, "
                         "with a live view of the tasks and epochs here)")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="pipeline train", description=__doc__.splitlines()[0])
+    add_run_arguments(p)
+    p.add_argument("--no-early-sandbox", action="store_true",
+                   help="start the deploy stage's validation server when that stage runs, not while Airflow starts")
     args = p.parse_args(argv)
     if args.source and not args.config and not args.label:
         p.error("--source without --config needs --label (the column to predict)")
@@ -390,7 +397,8 @@ def end_interrupted_run(dag_id: str, started: datetime, exc: Interrupted):
             if new == TaskInstanceState.FAILED:
                 ti.note = why
         dag_run.set_state(DagRunState.FAILED)
-        dag_run.note = f"{why} (pipeline {'train' if dag_id == DAG_ID else 'monitor'})"
+        command = {DAG_ID: "train", "tuning_pipeline": "tune"}.get(dag_id, "monitor")
+        dag_run.note = f"{why} (pipeline {command})"
     return dag_run
 
 
@@ -424,16 +432,26 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.preflight import train_problem
 
     args = parse_args(list(argv or []))
+    return run_command("train", DAG_ID, args, train_problem, early_sandbox=not args.no_early_sandbox)
+
+
+def run_command(command: str, dag_id: str, args: argparse.Namespace, problem_of: Callable[[dict], str | None],
+                early_sandbox: bool = False, before_report: Callable[[Any], None] | None = None) -> int:
+    """``pipeline <command>``: the DAG run of ``args`` (:func:`run_conf`) refused with status 2 when
+    ``problem_of(conf)`` names a problem, else run with its view (:func:`run_dag`, :func:`run_with_view`) and
+    reported (``before_report(dag_run)`` first); the exit status of :func:`main`."""
     conf = run_conf(args)
-    problem = train_problem(conf)
+    problem = problem_of(conf)
     if problem is not None:
-        print(f"pipeline train: {problem}", file=sys.stderr, flush=True)
+        print(f"pipeline {command}: {problem}", file=sys.stderr, flush=True)
         return 2
-    print(f"pipeline train: running DAG {DAG_ID} with params {json.dumps(conf)}", flush=True)
+    print(f"pipeline {command}: running DAG {dag_id} with params {json.dumps(conf)}", flush=True)
     with stop_on_signals():
         try:
-            dag_run = run_with_view(DAG_ID, args.verbose,
-                                    lambda: run_dag(DAG_ID, conf, early_sandbox=not args.no_early_sandbox))
+            dag_run = run_with_view(dag_id, args.verbose,
+                                    lambda: run_dag(dag_id, conf, early_sandbox=early_sandbox), command=command)
+            if before_report is not None:
+                before_report(dag_run)
             return report(dag_run)
         except Interrupted as exc:
             if exc.dag_run is not None:

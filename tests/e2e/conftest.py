@@ -13,11 +13,11 @@ import pytest
 BIN = Path(sys.executable).parent
 
 
-def _run_train(home: Path, *args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+def _run_train(home: Path, *args: str, timeout: int = 900, command: str = "train") -> subprocess.CompletedProcess:
     env = {**os.environ, "PIPELINE_HOME": str(home), "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
     for var in ("AIRFLOW_HOME", "MLFLOW_TRACKING_URI", "PIPELINE_SERVING_BASE"):
         env.pop(var, None)
-    proc = subprocess.Popen([str(BIN / "pipeline"), "train", *args], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([str(BIN / "pipeline"), command, *args], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -30,5 +30,6 @@ def _run_train(home: Path, *args: str, timeout: int = 900) -> subprocess.Complet
 
 @pytest.fixture(scope="session")
 def run_train():
-    """``run_train(home, *args)``: `pipeline train *args` with PIPELINE_HOME=home, as a CompletedProcess."""
+    """``run_train(home, *args)``: `pipeline train *args` with PIPELINE_HOME=home, as a CompletedProcess
+    (``command="tune"``: `pipeline tune *args`)."""
     return _run_train

@@ -52,3 +52,32 @@ def test_importing_dags_imports_nothing_heavy(pipeline_home):
         "print(json.dumps(sorted(m for m in ('tensorflow', 'keras', 'pandas', 'mlflow', 'numpy', 'sklearn') if m in sys.modules)))",
         pipeline_home)
     assert result == []
+
+
+def test_tuning_dag_unrolls_rounds_of_mapped_trials_then_the_training_tasks(pipeline_home):
+    from pipeline.tuning import MAX_PARALLEL_TRIALS, MAX_ROUNDS
+
+    result = _run(
+        "import json\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "bag = DagBag()\n"
+        "dag = bag.dags['tuning_pipeline']\n"
+        "t = {x.task_id: x for x in dag.tasks}\n"
+        "print(json.dumps({'errors': {k: str(v) for k, v in bag.import_errors.items()}, 'tasks': sorted(t),"
+        " 'mapped': sorted(k for k, x in t.items() if 'MappedOperator' in type(x).__name__),"
+        " 'rules': {k: getattr(x.trigger_rule, 'value', x.trigger_rule) for k, x in t.items()},"
+        " 'up': {k: sorted(x.upstream_task_ids) for k, x in t.items()},"
+        " 'parallel': t['round_0.trial'].max_active_tis_per_dagrun,"
+        " 'params': sorted(dag.params)}))",
+        pipeline_home)
+    assert result["errors"] == {}
+    rounds = [f"round_{k}.{step}" for k in range(MAX_ROUNDS) for step in ("suggest", "trial", "tell")]
+    assert set(result["tasks"]) == {"ingest", "validate", "split", "preprocess", "best", "train", "evaluate", "export",
+                                    "register", "deploy", *rounds}
+    assert result["mapped"] == sorted(f"round_{k}.trial" for k in range(MAX_ROUNDS))
+    assert result["parallel"] == MAX_PARALLEL_TRIALS
+    assert "round_0.tell" in result["up"]["round_1.suggest"] and "round_1.trial" in result["up"]["round_1.tell"]
+    assert result["rules"]["round_0.tell"] == "all_done_min_one_success"
+    assert result["rules"]["best"] == "none_failed_min_one_success"
+    assert {f"round_{k}.tell" for k in range(MAX_ROUNDS)} <= set(result["up"]["best"])
+    assert "best" in result["up"]["train"] and {"config", "source", "label", "epochs"} <= set(result["params"])

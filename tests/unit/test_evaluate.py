@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipeline.config import GateConfig
@@ -58,3 +59,40 @@ def test_default_gate_metric_follows_the_task():
     assert resolve_gate(GateConfig(), "regression").metric == "rmse"
     assert resolve_gate(GATE, "regression").metric == "accuracy"  # a configured metric is kept
     assert decide_blessing({"rmse": 3.0}, resolve_gate(GateConfig(), "regression"), {"rmse": 2.0}).blessed is False
+
+
+def test_scoring_a_split_batch_by_batch_equals_scoring_the_frame(tmp_path, penguins):
+    """The test split's Parquet read in record batches: the labels and predictions of the whole frame, rows of a
+    class unseen in training left out, a predictor that fails dropped with its error."""
+    from pipeline.evaluate import score_split
+    from pipeline.features import resolve_features
+    from pipeline.preprocess import fit_preprocessing, label_array
+    from pipeline.tracking import split_digest
+
+    df = penguins.dropna(subset=["species"]).reset_index(drop=True)
+    spec = resolve_features(df, "species", None)
+    meta = fit_preprocessing(df[df["species"] != "Gentoo"], spec)  # Gentoo: unseen in training
+    df.to_parquet(tmp_path / "test.parquet", index=False, row_group_size=50)
+
+    calls = []
+
+    def fails_late(frame):  # the second batch has what this predictor cannot read
+        calls.append(len(frame))
+        if len(calls) == 2:
+            raise ValueError("no such input")
+        return np.zeros(len(frame))
+
+    predictors = {"rows": lambda frame: frame["bill_length_mm"].to_numpy(), "late": fails_late}
+    scored = score_split(tmp_path / "test.parquet", meta, predictors, catch=(ValueError,), head_rows=60, batch_rows=50)
+    whole = score_split(df, meta, {"rows": predictors["rows"]})
+    y = label_array(df, meta)
+    np.testing.assert_array_equal(scored.y, y[y >= 0])
+    np.testing.assert_array_equal(scored.predictions["rows"], df["bill_length_mm"][y >= 0].to_numpy())
+    np.testing.assert_array_equal(scored.predictions["rows"], whole.predictions["rows"])
+    assert scored.errors == {"late": "no such input"} and "late" not in scored.predictions
+    assert scored.rows == int((y >= 0).sum()) and len(calls) == 2
+    pd.testing.assert_frame_equal(scored.head, df[y >= 0].head(60).reset_index(drop=True))
+
+    from mlflow.data.digest_utils import compute_pandas_digest
+
+    assert split_digest(whole.head, whole.rows) == compute_pandas_digest(whole.head)

@@ -202,3 +202,34 @@ def test_columns_named_like_internal_layers(tmp_path):
     served = full_model(meta, build_body(meta, ModelConfig("linear")))
     tmp, diff = write_candidate(served, meta, df, tmp_path, {}, None)
     assert diff <= 1e-5
+
+
+def test_fit_from_parquet_is_the_frame_fit_or_a_sample_with_exact_classes(tmp_path):
+    """A split of at most fit_sample_rows rows is fitted as the frame is; a larger one on a sample, with its
+    classes (a rare one the sample may miss included), their counts and the rows counted over every row."""
+    import dataclasses
+
+    from pipeline.preprocess import fit_preprocessing_parquet
+
+    df = mixed_frame(600)
+    df.loc[[5, 300], "label"] = "rare"
+    df.to_parquet(tmp_path / "train.parquet", index=False, row_group_size=100)
+    spec = mixed_spec(df)
+    assert fit_preprocessing_parquet(tmp_path / "train.parquet", spec) == fit_preprocessing(df, spec)
+
+    sampled = fit_preprocessing_parquet(tmp_path / "train.parquet", spec, FeaturesConfig(fit_sample_rows=50), seed=1)
+    whole = fit_preprocessing(df, spec)
+    assert sampled.class_names == whole.class_names == ["a", "b", "c", "rare"]
+    assert sampled.class_counts == whole.class_counts and sampled.rows == 600
+    assert sampled.numeric["num"]["fill"] != whole.numeric["num"]["fill"]  # the encodings come from the sample
+    assert set(sampled.categorical["color"]["vocabulary"]) <= set(whole.categorical["color"]["vocabulary"])
+
+    rng = np.random.default_rng(0)
+    reg = pd.DataFrame({"x": rng.normal(size=400), "y": rng.normal(10, 3, 400)})
+    reg.to_parquet(tmp_path / "reg.parquet", index=False)
+    rspec = FeatureSpec(("x",), (), "y", "regression")
+    fitted = fit_preprocessing_parquet(tmp_path / "reg.parquet", rspec, FeaturesConfig(fit_sample_rows=40))
+    exact = fit_preprocessing(reg, rspec)
+    assert (fitted.label_mean, fitted.label_std) == pytest.approx((exact.label_mean, exact.label_std), rel=1e-9)
+    assert dataclasses.replace(fitted, numeric=exact.numeric, value_ids=exact.value_ids, label_mean=exact.label_mean,
+                               label_std=exact.label_std) == exact

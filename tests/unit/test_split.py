@@ -77,3 +77,66 @@ def test_time_split_puts_newest_rows_in_test():
 def test_too_few_rows():
     with pytest.raises(ValueError, match="too few"):
         split_frame(pd.DataFrame({"x": [1.0], "y": ["a"]}), "y", SplitConfig(), "classification")
+
+
+def _streamed_equals_whole(tmp_path, frame, label, cfg, task, labels=None, batch_rows=7, pandas_metadata=True):
+    """split_parquet on ``frame``'s snapshot, record batches of ``batch_rows`` rows, gives split_frame's splits
+    (a snapshot without pandas metadata is what ingest writes)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.config import LabelsConfig
+    from pipeline.split import split_parquet
+
+    labels = labels or LabelsConfig()
+    snapshot = tmp_path / "snapshot.parquet"
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    pq.write_table(table if pandas_metadata else table.replace_schema_metadata(None), snapshot)
+    whole = split_frame(pd.read_parquet(snapshot), label, cfg, task, labels)
+    summary = split_parquet(snapshot, tmp_path / "split", label, cfg, task, labels, batch_rows=batch_rows)
+    for name, part in whole.items():
+        streamed = pd.read_parquet(summary.paths[name])
+        pd.testing.assert_frame_equal(streamed.astype(part.dtypes.to_dict()), part, check_dtype=False)
+        assert summary.rows[name] == len(part)
+    if task == "classification":
+        for name, shares in class_balance(whole, label).items():
+            assert summary.balance[name] == pytest.approx(shares)
+    return summary
+
+
+def test_streamed_hash_split_equals_the_whole_frame_split(tmp_path, penguins):
+    """Same rows in the same splits and order, whatever the record batches: penguins has gaps in numbers and
+    text; a boolean column with a gap in one batch only, rows without a label too."""
+    frame = penguins.copy()
+    frame["tagged"] = pd.array([i % 3 == 0 for i in range(len(frame))], dtype="boolean")
+    frame.loc[5, "tagged"] = pd.NA
+    frame.loc[[3, 40], "species"] = None
+    for metadata in (True, False):  # a nullable boolean column, or bools and None read as objects
+        summary = _streamed_equals_whole(tmp_path / str(metadata), frame, "species", SplitConfig(), "classification",
+                                         pandas_metadata=metadata)
+        assert summary.dropped == {"rows_without_label": 2, "rows_merged": 0, "rows_dropped_rare": 0}
+    keyed = SplitConfig(strategy="hash", key_column="year", seed=3)
+    _streamed_equals_whole(tmp_path / "k", penguins, "species", keyed, "classification", batch_rows=50)
+
+
+@pytest.mark.parametrize("rule", ["merge", "drop"])
+def test_streamed_split_handles_rare_classes_as_the_whole_frame(tmp_path, penguins, rule):
+    from pipeline.config import LabelsConfig
+
+    frame = penguins.copy()
+    frame.loc[[0, 1, 2], "species"] = "Rare"  # three rows: under min_class_rows, counted over every batch
+    labels = LabelsConfig(min_class_rows=5, rare_classes=rule)
+    summary = _streamed_equals_whole(tmp_path, frame, "species", SplitConfig(), "classification", labels)
+    assert summary.dropped[f"rows_{'merged' if rule == 'merge' else 'dropped_rare'}"] == 3
+
+
+def test_streamed_split_refuses_what_it_cannot_stream(tmp_path, tiny_frame):
+    from pipeline.split import split_parquet
+
+    tiny_frame.to_parquet(tmp_path / "s.parquet", index=False)
+    with pytest.raises(ValueError, match="'stratified' needs the whole table"):
+        split_parquet(tmp_path / "s.parquet", tmp_path / "o", "label", SplitConfig(strategy="stratified"),
+                      "classification")
+    with pytest.raises(ValueError, match="key_column 'id' is not a column"):
+        split_parquet(tmp_path / "s.parquet", tmp_path / "o", "label", SplitConfig(key_column="id"), "classification")

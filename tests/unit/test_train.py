@@ -50,6 +50,43 @@ def test_retry_resumes_from_backup(tmp_path, tiny_frame):
     assert result.epochs_run == 6 and len(result.history["loss"]) == 3
 
 
+def _crash_at(epoch_index: int):
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            if epoch == epoch_index:
+                raise RuntimeError("worker lost")
+    return Crash()
+
+
+def test_a_checkpoint_cut_short_resumes_from_the_one_before(tmp_path, tiny_frame):
+    """A worker killed while Keras wrote the checkpoint leaves it truncated (seen on the production topology:
+    every retry failed with h5py's "bad object header"): the retry resumes from the checkpoint before it."""
+    meta = _prepared(tmp_path, tiny_frame)
+    cfg = TrainingConfig(epochs=6, batch_size=4, early_stopping_patience=100)
+    backup = tmp_path / "t" / "backup"
+    try:
+        train(tiny_frame, tiny_frame, meta, ModelConfig("linear"), cfg, tmp_path / "t", callbacks=[_crash_at(2)])
+    except RuntimeError:
+        pass
+    latest = backup / "latest.weights.h5"
+    assert (backup / "latest.weights.h5.bkp").exists()  # the epoch before the last, kept
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])  # the kill, half way through the write
+    result = train(tiny_frame, tiny_frame, meta, ModelConfig("linear"), cfg, tmp_path / "t")
+    assert result.resumed_from_epoch == 2 and result.epochs_run == 6
+
+
+def test_an_unreadable_checkpoint_with_none_before_it_starts_over(tmp_path, tiny_frame, capsys):
+    meta = _prepared(tmp_path, tiny_frame)
+    cfg = TrainingConfig(epochs=3, batch_size=4, early_stopping_patience=100)
+    backup = tmp_path / "t" / "backup"
+    backup.mkdir(parents=True)
+    (backup / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n cut short")
+    (backup / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    result = train(tiny_frame, tiny_frame, meta, ModelConfig("linear"), cfg, tmp_path / "t")
+    assert result.resumed_from_epoch == 0 and result.epochs_run == 3
+    assert "unreadable" in capsys.readouterr().out
+
+
 def test_regression_predicts_in_label_units(tmp_path):
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 10, 200)

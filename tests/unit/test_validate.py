@@ -137,3 +137,82 @@ def test_reference_comparison_ignores_excluded_columns_and_string_kind_changes(t
     texty = tiny_frame.assign(color=[f"a much longer {c} description number {i}" for i, c in enumerate(tiny_frame["color"])])
     result = validate(texty, "label", None, FeaturesConfig(kinds={"color": "text"}), reference=reference)
     assert [(a.column, a.blocking) for a in result.anomalies if a.kind == "dtype_change"] == [("color", False)]
+
+
+def _snapshot(tmp_path, frame):
+    """``frame`` as ingest writes a snapshot: Parquet without pandas metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "snapshot.parquet"
+    pq.write_table(pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None), path,
+                   row_group_size=50)
+    return path
+
+
+def _assert_same(a, b, where="schema"):
+    """Equal, floats to rounding (batches are summed in another order than a whole column)."""
+    if isinstance(a, dict):
+        assert set(a) == set(b), where
+        for k in a:
+            _assert_same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, list):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    elif isinstance(a, float):
+        assert a == pytest.approx(b, rel=1e-12, nan_ok=True), where
+    else:
+        assert a == b, where
+
+
+def test_streamed_validation_equals_the_whole_frame_validation(tmp_path, penguins):
+    """Record batches of 13 rows: the same kinds, counts, domains, statistics and anomalies as the frame."""
+    from pipeline.validate import validate_parquet
+
+    frame = penguins.assign(tagged=[None if i == 7 else i % 2 == 0 for i in range(len(penguins))],
+                            code=[f"c{i % 40}" for i in range(len(penguins))])
+    frame.loc[[3, 90], "species"] = None
+    path = _snapshot(tmp_path, frame)
+    whole = validate(pd.read_parquet(path), "species", None)
+    streamed = validate_parquet(path, "species", None, batch_rows=13)
+    _assert_same(streamed.schema, whole.schema)
+    assert streamed.anomalies == whole.anomalies and any(a.kind == "missing_label" for a in whole.anomalies)
+    assert whole.schema["columns"]["bill_length_mm"]["quantiles"][3] == pytest.approx(
+        penguins["bill_length_mm"].median())
+
+
+def test_streamed_validation_of_a_larger_table_counts_every_row(tmp_path):
+    """Kinds and quantiles from a sample of 200 rows; nulls, domains, distinct values, min, max, mean, spread
+    and the classes over all 3,000."""
+    from pipeline.validate import validate_parquet
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    frame = pd.DataFrame({"x": rng.normal(size=n), "color": rng.choice(["red", "green", "blue"], n),
+                          "y": rng.choice(["a", "b"], n)})
+    frame.loc[2999, "x"] = 50.0   # one extreme value, in no sample of 200 rows but in the range
+    frame.loc[17, "color"] = "purple"  # one rare value, in the domain
+    frame.loc[[5, 6], "x"] = np.nan
+    path = _snapshot(tmp_path, frame)
+    whole = validate(frame, "y", None).schema["columns"]
+    streamed = validate_parquet(path, "y", None, FeaturesConfig(fit_sample_rows=200), batch_rows=256).schema["columns"]
+    assert streamed["x"]["max"] == 50.0 and streamed["x"]["null_rate"] == pytest.approx(2 / n)
+    for key in ("min", "max", "mean", "std"):
+        assert streamed["x"][key] == pytest.approx(whole["x"][key], rel=1e-9)
+    assert streamed["color"]["domain"] == whole["color"]["domain"] == ["blue", "green", "purple", "red"]
+    assert streamed["y"]["distinct"] == 2
+    assert streamed["x"]["quantiles"] != whole["x"]["quantiles"]  # from the sample
+    assert streamed["x"]["quantiles"][3] == pytest.approx(whole["x"]["quantiles"][3], abs=0.25)
+
+
+def test_distinct_values_beyond_the_exact_count_are_estimated():
+    from pipeline.profile import EXACT_DISTINCT, ColumnProfile
+
+    profile = ColumnProfile(categorical=True)
+    n = EXACT_DISTINCT + 50_000
+    for start in range(0, n, 30_000):
+        profile.update(pd.Series([f"id{i}" for i in range(start, min(n, start + 30_000))]))
+    entry = profile.entry()
+    assert entry["domain"] is None and entry["distinct_estimated"] is True
+    assert abs(entry["distinct"] - n) / n < 0.06  # a sketch of 4,096 hashes: about 1.5% standard error

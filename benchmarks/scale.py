@@ -1,0 +1,329 @@
+"""Data bigger than memory: `pipeline train` on 1M and 10M generated rows, memory and throughput against floors.
+
+    .venv/bin/python benchmarks/scale.py [--quick] [--rows 1000000 10000000] [--epochs 2] [--write-docs]
+
+The table is `pipeline generate`'s order table (11 features of every kind and the label `outcome`) with 8 noise
+columns added (20 columns), written as Parquet shards of 250,000 rows (one chunk generated at a time). For each
+size, in a fresh `PIPELINE_HOME`, `pipeline train --source <shards> --label outcome` runs as a subprocess whose
+process tree's RSS is polled every 0.2 s: wall time per stage (from its task lines), peak RSS of the whole run
+and during each task (the tasks run in that one process; the deploy stage's sandbox server is a child).
+Then, on the smallest size's training split and fitted encodings:
+
+- throughput: samples/s of `model.fit` on the default model fed by `pipeline.datasets.parquet_dataset` streaming
+  the split's Parquet (preprocessing each epoch), against the ceiling: `model.fit` of the same model on the
+  same number of rows already processed into tensors in memory (the same steps, after a warm-up each);
+- accuracy: the test accuracy of the run (trained from shards) against `pipeline.train.train` on the same
+  split read into frames (the in-memory path), with the same config and seed; equal within noise means within
+  two standard errors of a difference of two accuracies on that test split.
+
+Floors (the issue's): peak RSS of `pipeline train` on 10M rows < 3 GB, ingest alone < 1 GB; throughput from
+shards >= 0.9x the in-memory ceiling; accuracy equal within noise; the drift monitor on a 10M-row window < 2 GB
+(not measured yet: counted unmet). `--quick` runs 200,000 rows, one epoch, and judges the memory floors on that
+size (named in the output). The last line is `floors met: K/N`; the exit status is non-zero unless all are met.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SHARD_ROWS = 250_000
+LABEL = "outcome"
+NOISE_COLUMNS = 8
+MB = 1 << 20
+TASK_LINE = re.compile(r"^\W*\s*(\w+)\s+(running|success|failed|up_for_retry)(?:\s+([\d.]+)s)?\s*$")
+
+
+def write_shards(rows: int, out_dir: Path, seed: int = 0) -> Path:
+    """The generated table of ``rows`` rows as Parquet shards of ``SHARD_ROWS`` rows, one in memory at a time;
+    the order ids numbered over the whole table (each chunk is generated with its own seed)."""
+    import numpy as np
+
+    from pipeline.generate import generate_table
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, start in enumerate(range(0, rows, SHARD_ROWS)):
+        n = min(SHARD_ROWS, rows - start)
+        frame = generate_table(n, seed=seed + i)
+        frame["order_id"] = [f"ORD-{start + j:09d}" for j in range(n)]
+        rng = np.random.default_rng([seed, i, 1])
+        for k in range(NOISE_COLUMNS):
+            frame.insert(len(frame.columns) - 1, f"noise_{k}", rng.normal(size=n))
+        frame.to_parquet(out_dir / f"part-{i:05d}.parquet", index=False)
+        del frame
+    return out_dir
+
+
+def _tree_memory(proc) -> tuple[int, int]:
+    """RSS and PSS summed over ``proc`` and its children (bytes; PSS counts the pages the processes share, such
+    as TensorFlow's libraries mapped by the trainer and the deploy sandbox, once), (0, 0) once gone."""
+    import psutil
+
+    try:
+        procs = [proc, *proc.children(recursive=True)]
+    except psutil.Error:
+        return 0, 0
+    rss = pss = 0
+    for p in procs:
+        try:
+            info = p.memory_full_info()
+            rss, pss = rss + info.rss, pss + info.pss
+        except psutil.Error:
+            pass
+    return rss, pss
+
+
+def run_pipeline(source: Path, home: Path, epochs: int) -> dict:
+    """`pipeline train` on ``source`` in ``home``: wall time, stage durations, peak RSS overall and per task."""
+    import psutil
+
+    env = {**os.environ, "PIPELINE_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    cmd = [str(BIN / "pipeline"), "train", "--source", str(source), "--label", LABEL, "--model-name", "scale",
+           "--epochs", str(epochs), "--no-early-sandbox"]
+    start = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ps = psutil.Process(proc.pid)
+    samples: list[tuple[float, int, int]] = []
+    done = threading.Event()
+
+    def poll():
+        while not done.is_set():
+            samples.append((time.monotonic(), *_tree_memory(ps)))
+            time.sleep(0.2)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    windows: dict[str, list[float]] = {}
+    took: dict[str, float] = {}
+    lines = []
+    for line in proc.stdout:
+        lines.append(line.rstrip())
+        m = TASK_LINE.match(line.rstrip())
+        if m:
+            task, state, secs = m.groups()
+            now = time.monotonic()
+            if state == "running":
+                windows[task] = [now, now]
+            elif task in windows:
+                windows[task][1] = now
+                took[task] = float(secs) if secs else now - windows[task][0]
+    rc = proc.wait()
+    done.set()
+    poller.join()
+    wall = time.monotonic() - start
+    if rc != 0:
+        print("\n".join(lines[-40:]), file=sys.stderr)
+        raise SystemExit(f"pipeline train failed (exit {rc}) on {source}")
+    peak = {task: max((r for t, r, _ in samples if a <= t <= b), default=0) for task, (a, b) in windows.items()}
+    return {"wall_s": wall, "stages_s": took, "peak_rss": max(r for _, r, _ in samples), "task_peak_rss": peak,
+            "peak_pss": max(p for _, _, p in samples), "output": lines}
+
+
+def _run_dir(home: Path) -> Path:
+    runs = sorted((home / "runs").iterdir(), key=lambda p: p.stat().st_mtime)
+    return runs[-1]
+
+
+def test_accuracy(home: Path) -> tuple[float, int]:
+    """The run's test accuracy and test rows (its evaluate stage's metrics file)."""
+    metrics = json.loads((_run_dir(home) / "evaluate" / "metrics.json").read_text())
+    return float(metrics["metrics"]["accuracy"]), int(metrics["test_rows"])
+
+
+def _compiled_body(meta, cfg):
+    import keras
+
+    from pipeline.config import ModelConfig
+    from pipeline.train import _optimizer, build_body
+
+    keras.utils.set_random_seed(0)
+    model = build_body(meta, ModelConfig())
+    model.compile(optimizer=_optimizer(cfg, 10_000), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def throughput(home: Path, steps: int) -> dict:
+    """Samples/s of `model.fit` from the split's Parquet (streamed, preprocessed in tf.data) and from the same
+    number of rows processed into tensors beforehand (the ceiling); ``steps`` batches each, after a warm-up."""
+    import tensorflow as tf
+
+    from pipeline.config import TrainingConfig
+    from pipeline.datasets import iter_frames, parquet_dataset, parquet_rows
+    from pipeline.preprocess import PreprocessMeta, build_preprocessor, feature_arrays, label_array
+    from pipeline.train import plan
+
+    run = _run_dir(home)
+    meta = PreprocessMeta.load(run / "preprocess" / "meta.json")
+    train_path = run / "split" / "train.parquet"
+    cfg = TrainingConfig()
+    batch = plan(parquet_rows(train_path), cfg).batch_size
+    pre = build_preprocessor(meta)
+    warm = 5
+
+    model = _compiled_body(meta, cfg)
+    streamed = parquet_dataset(train_path, meta, pre, batch, shuffle=True, seed=0, cache_bytes=0).repeat()
+    model.fit(streamed, steps_per_epoch=warm, epochs=1, verbose=0)
+    t = time.perf_counter()
+    model.fit(streamed, steps_per_epoch=steps, epochs=1, verbose=0)
+    ours = steps * batch / (time.perf_counter() - t)
+
+    rows = next(iter_frames(train_path, batch_rows=(steps + warm) * batch))
+    x = pre({k: tf.constant(v) for k, v in feature_arrays(rows, meta.feature_spec).items()})
+    y = tf.constant(label_array(rows, meta))
+    model = _compiled_body(meta, cfg)
+    n_warm = warm * batch
+    model.fit({k: v[:n_warm] for k, v in x.items()}, y[:n_warm], batch_size=batch, epochs=1, verbose=0, shuffle=False)
+    t = time.perf_counter()
+    model.fit({k: v[n_warm:] for k, v in x.items()}, y[n_warm:], batch_size=batch, epochs=1, verbose=0, shuffle=True)
+    ceiling = (len(rows) - n_warm) / (time.perf_counter() - t)
+    del x, y, rows
+    return {"batch": batch, "steps": steps, "ours": ours, "ceiling": ceiling, "ratio": ours / ceiling,
+            "numeric_width": meta.model_spec().numeric_width, "text_width": sum(meta.model_spec().text.values())}
+
+
+def in_memory_accuracy(home: Path, epochs: int) -> tuple[float, int]:
+    """The in-memory path: `train` on the run's split read into frames, scored on its test split."""
+    import pandas as pd
+
+    from pipeline.config import ModelConfig, TrainingConfig
+    from pipeline.export import predict_keras
+    from pipeline.preprocess import PreprocessMeta, label_array
+    from pipeline.train import load_model, train
+
+    run = _run_dir(home)
+    meta = PreprocessMeta.load(run / "preprocess" / "meta.json")
+    train_df = pd.read_parquet(run / "split" / "train.parquet")
+    val_df = pd.read_parquet(run / "split" / "val.parquet")
+    result = train(train_df, val_df, meta, ModelConfig(), TrainingConfig(epochs=epochs), run / "in_memory", seed=42)
+    del train_df, val_df
+    test = pd.read_parquet(run / "split" / "test.parquet")
+    y = label_array(test, meta)
+    keep = y >= 0
+    pred = predict_keras(load_model(result.model_path, meta), test[keep].reset_index(drop=True), meta)
+    return float((pred.argmax(axis=1) == y[keep]).mean()), int(keep.sum())
+
+
+def measure(args) -> dict:
+    sizes = [200_000] if args.quick else args.rows
+    epochs = 1 if args.quick else args.epochs
+    out: dict = {"sizes": {}, "epochs": epochs, "quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
+        tmp = Path(tmp)
+        for rows in sizes:
+            t = time.monotonic()
+            shards = write_shards(rows, tmp / f"data-{rows}")
+            gen_s = time.monotonic() - t
+            home = tmp / f"home-{rows}"
+            print(f"scale: {rows:,} rows generated in {gen_s:.0f} s; pipeline train ...", flush=True)
+            result = run_pipeline(shards, home, epochs)
+            acc, test_rows = test_accuracy(home)
+            result.update(generate_s=gen_s, accuracy=acc, test_rows=test_rows)
+            result.pop("output")
+            out["sizes"][rows] = result
+            print(f"scale: {rows:,} rows: {result['wall_s']:.0f} s, peak RSS {result['peak_rss'] / MB:,.0f} MB, "
+                  f"accuracy {acc:.4f}", flush=True)
+            if rows == sizes[0]:
+                out["throughput"] = throughput(home, steps=20 if args.quick else 60)
+                print(f"scale: throughput {json.dumps(out['throughput'])}", flush=True)
+                out["in_memory_accuracy"] = in_memory_accuracy(home, epochs)
+                out["accuracy_rows"] = rows
+    return out
+
+
+def floors(res: dict) -> list[tuple[str, bool, str]]:
+    sizes = res["sizes"]
+    big = max(sizes)
+    run = sizes[big]
+    out = []
+    out.append((f"peak RSS of pipeline train on {big:,} rows < 3 GB", run["peak_rss"] < 3 * 1024 * MB,
+                f"{run['peak_rss'] / MB:,.0f} MB"))
+    ingest = run["task_peak_rss"].get("ingest", 0)
+    out.append((f"ingest alone on {big:,} rows < 1 GB", 0 < ingest < 1024 * MB, f"{ingest / MB:,.0f} MB"))
+    tp = res["throughput"]
+    out.append(("training throughput from shards >= 0.9x the in-memory ceiling", tp["ratio"] >= 0.9,
+                f"{tp['ours']:,.0f} vs {tp['ceiling']:,.0f} samples/s ({tp['ratio']:.2f}x)"))
+    small = sizes[res["accuracy_rows"]]
+    mem_acc, n = res["in_memory_accuracy"]
+    p = (small["accuracy"] + mem_acc) / 2
+    noise = 2 * math.sqrt(2 * p * (1 - p) / n)
+    out.append((f"accuracy at {res['accuracy_rows']:,} rows equal to the in-memory path's within noise",
+                abs(small["accuracy"] - mem_acc) <= noise,
+                f"{small['accuracy']:.4f} vs {mem_acc:.4f} (noise +-{noise:.4f})"))
+    out.append(("drift monitor on a 10M-row window < 2 GB", False, "not measured: the monitor is not bounded yet"))
+    return out
+
+
+def report(res: dict, judged: list[tuple[str, bool, str]], command: str) -> str:
+    load = os.getloadavg()
+    lines = ["<!-- scale-benchmark:begin -->", "## Data bigger than memory (`benchmarks/scale.py`)", "",
+             f"Command: `{command}` (machine: {platform.machine()}, {os.cpu_count()} cores shared with other "
+             f"workers' jobs, load average after the run {load[0]:.2f}/{load[1]:.2f}; Python "
+             f"{platform.python_version()}). {res['epochs']} epoch(s).", "",
+             "| rows | generate (s) | pipeline train (s) | peak RSS (MB) | peak PSS (MB) | " + " | ".join(
+                 f"{s} (s / peak MB)" for s in ("ingest", "validate", "split", "preprocess", "train", "evaluate",
+                                                 "export", "register", "deploy")) + " | test accuracy |",
+             "|---:|---:|---:|---:|---:|" + "---:|" * 9 + "---:|"]
+    for rows, r in sorted(res["sizes"].items()):
+        cells = [f"{r['stages_s'].get(s, float('nan')):.1f} / {r['task_peak_rss'].get(s, 0) / MB:,.0f}"
+                 for s in ("ingest", "validate", "split", "preprocess", "train", "evaluate", "export", "register",
+                           "deploy")]
+        lines.append(f"| {rows:,} | {r['generate_s']:.0f} | {r['wall_s']:.0f} | {r['peak_rss'] / MB:,.0f} | "
+                     f"{r['peak_pss'] / MB:,.0f} | "
+                     + " | ".join(cells) + f" | {r['accuracy']:.4f} |")
+    tp = res["throughput"]
+    lines += ["", "Peak RSS and PSS are summed over `pipeline train`'s process tree (the deploy stage's sandbox "
+                  "server is its child), polled every 0.2 s; a stage's peak is the tree's peak while its task ran. "
+                  "The memory floors are judged on RSS.",
+              "", f"Throughput at {min(res['sizes']):,} rows (batch {tp['batch']}, {tp['steps']} steps; processed "
+                  f"width: numeric {tp['numeric_width']}, TF-IDF {tp['text_width']}): from the Parquet shards "
+                  f"{tp['ours']:,.0f} samples/s, in-memory tensors {tp['ceiling']:,.0f} samples/s "
+                  f"({tp['ratio']:.2f}x).", "", "Floors:", ""]
+    lines += [f"- {'met' if ok else 'NOT met'}: {name}: {value}" for name, ok, value in judged]
+    lines += ["", "<!-- scale-benchmark:end -->"]
+    return "\n".join(lines)
+
+
+def write_docs(section: str) -> None:
+    doc = ROOT / "docs" / "benchmarks.md"
+    text = doc.read_text()
+    begin, end = "<!-- scale-benchmark:begin -->", "<!-- scale-benchmark:end -->"
+    if begin in text:
+        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    doc.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="200,000 rows, one epoch: a few minutes")
+    p.add_argument("--rows", type=int, nargs="+", default=[1_000_000, 10_000_000])
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--write-docs", action="store_true", help="write the results into docs/benchmarks.md")
+    args = p.parse_args(argv)
+    command = "python benchmarks/scale.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    res = measure(args)
+    judged = floors(res)
+    section = report(res, judged, command.strip())
+    print(section)
+    if args.write_docs:
+        write_docs(section)
+    unmet = [name for name, ok, _ in judged if not ok]
+    print(f"floors met: {len(judged) - len(unmet)}/{len(judged)}" + (f" (unmet: {'; '.join(unmet)})" if unmet else ""))
+    return 0 if not unmet else 1
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(ROOT))
+    raise SystemExit(main())
