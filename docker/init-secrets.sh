@@ -19,7 +19,7 @@ token() { head -c "${1:-24}" /dev/urandom | od -An -tx1 | tr -d ' \n'; }
 # a Fernet key: 32 random bytes, URL-safe base64
 fernet_key() { head -c 32 /dev/urandom | base64 | tr '+/' '-_' | tr -d '\n'; }
 
-postgres=$(token) airflow_db=$(token) mlflow_db=$(token) redis=$(token)
+postgres=$(token) airflow_db=$(token) mlflow_db=$(token) tuning_db=$(token) redis=$(token)
 umask 077
 tmp="$out.tmp.$$"
 cat > "$tmp" <<EOF
@@ -27,6 +27,7 @@ cat > "$tmp" <<EOF
 POSTGRES_PASSWORD=$postgres
 AIRFLOW_DB_PASSWORD=$airflow_db
 MLFLOW_DB_PASSWORD=$mlflow_db
+TUNING_DB_PASSWORD=$tuning_db
 REDIS_PASSWORD=$redis
 AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=postgresql+psycopg2://airflow:$airflow_db@postgres:5432/airflow
 AIRFLOW__CELERY__RESULT_BACKEND=db+postgresql+psycopg2://airflow:$airflow_db@postgres:5432/airflow
@@ -40,6 +41,7 @@ MLFLOW_AUTH_DATABASE_URI=postgresql+psycopg2://mlflow:$mlflow_db@postgres:5432/m
 MLFLOW_AUTH_ADMIN_PASSWORD=$(token 16)
 MLFLOW_FLASK_SERVER_SECRET_KEY=$(token 32)
 MLFLOW_TRACKING_PASSWORD=$(token 16)
+PIPELINE_TUNING_STORAGE=postgresql+psycopg2://tuning:$tuning_db@postgres:5432/tuning
 EOF
 mv "$tmp" "$out"
 echo "init-secrets.sh: wrote $out"

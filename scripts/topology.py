@@ -71,11 +71,12 @@ LOCAL_ENV_KEYS = (
 )
 # The keys of the secrets file: docker/init-secrets.sh writes the same ones for docker-compose.yml.
 SECRET_KEYS = (
-    "POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "REDIS_PASSWORD",
+    "POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "TUNING_DB_PASSWORD", "REDIS_PASSWORD",
     "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "AIRFLOW__CELERY__RESULT_BACKEND", "AIRFLOW__CELERY__BROKER_URL",
     "AIRFLOW__CORE__FERNET_KEY", "AIRFLOW__API_AUTH__JWT_SECRET", "AIRFLOW__API__SECRET_KEY",
     "AIRFLOW_ADMIN_PASSWORD", "MLFLOW_BACKEND_STORE_URI", "MLFLOW_AUTH_DATABASE_URI",
     "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_TRACKING_PASSWORD",
+    "PIPELINE_TUNING_STORAGE",
 )
 # Settings of this machine's processes only: its ports, sizes and the schedules' switch (see Topology).
 LOCAL_ONLY_ENV_KEYS = (
@@ -312,7 +313,8 @@ class Topology:
 
     def _generate_secrets(self) -> dict[str, str]:
         """The secrets file's values, generated: docker/init-secrets.sh's keys, with this host's addresses."""
-        passwords = ("POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "REDIS_PASSWORD")
+        passwords = ("POSTGRES_PASSWORD", "AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "TUNING_DB_PASSWORD",
+                     "REDIS_PASSWORD")
         hexes = {k: secrets.token_hex(24) for k in passwords}
         pg, broker = f"{HOST}:{self.ports['postgres']}", f"{HOST}:{self.ports['redis']}"
         airflow_db, mlflow_db = hexes["AIRFLOW_DB_PASSWORD"], hexes["MLFLOW_DB_PASSWORD"]
@@ -330,6 +332,7 @@ class Topology:
             "MLFLOW_AUTH_ADMIN_PASSWORD": secrets.token_hex(16),
             "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(32),
             "MLFLOW_TRACKING_PASSWORD": secrets.token_hex(16),
+            "PIPELINE_TUNING_STORAGE": f"postgresql+psycopg2://tuning:{hexes['TUNING_DB_PASSWORD']}@{pg}/tuning",
         }
         assert set(values) == set(SECRET_KEYS)
         return values
@@ -572,7 +575,7 @@ class Topology:
         self._run_step("postgres-init", ["bash", str(POSTGRES_INIT)],
                        {**self.base_env(), "PGHOST": HOST, "PGPORT": str(self.ports["postgres"]),
                         "PGPASSWORD": self.secrets["POSTGRES_PASSWORD"], "POSTGRES_USER": "postgres",
-                        **{k: self.secrets[k] for k in ("AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD")}},
+                        **{k: self.secrets[k] for k in ("AIRFLOW_DB_PASSWORD", "MLFLOW_DB_PASSWORD", "TUNING_DB_PASSWORD")}},
                        deadline)
 
     def _postgres_connects(self) -> bool:
