@@ -684,8 +684,9 @@ def deploy_task(st: Stage, exported: Mapping[str, Any], registered: Mapping[str,
     staging = Path(exported["staging"])
     if not registered["blessed"]:
         shutil.rmtree(staging, ignore_errors=True)  # registered for comparison, never where a server looks
-    # A retry finds the staging copy (kept when a deploy fails) or the published directory.
-    source = staging if staging.exists() else registry.saved_model_dir(name, version)
+        source = None  # nothing is deployed: no SavedModel to find (an unblessed version has no serving copy)
+    else:  # a retry finds the staging copy (kept when a deploy fails) or the published directory
+        source = staging if staging.exists() else registry.saved_model_dir(name, version)
     try:
         result = deploy.run_deploy_stage(st.cfg.deploy, st.parent_run_id, name, version, source,
                                          blessed=registered["blessed"],
