@@ -73,8 +73,7 @@ def scheduled_side(root: Path, executor: str, epochs: int, airflow_env: dict | N
     topo.start()
     started = time.perf_counter() - t0
     try:
-        env = {**topo.base_env(), "MLFLOW_TRACKING_URI": topo.mlflow_url,
-               "MLFLOW_TRACKING_USERNAME": topo.mlflow_admin[0], "MLFLOW_TRACKING_PASSWORD": topo.mlflow_admin[1]}
+        env = topo.admin_env()
         cmd = [str(BIN / "pipeline"), "trigger", "--airflow", topo.airflow_url, "--netrc",
                str(topo.root / "airflow.netrc"), "--conf", json.dumps({"epochs": epochs})]
         for attempt in range(2):

@@ -1,13 +1,17 @@
-"""The only place this project reaches into private parts of Airflow and Python: two uses whose saving is
-measured (docs/benchmarks.md, "Private APIs"), each with a fallback to the public path when the internal is not
-what it was. ``tests/unit/test_internals.py`` fails loudly when one of them changes upstream, so an upgrade is
-noticed by a red test, not by a slow or silent fallback in production.
+"""The only place this project reaches into private parts of Airflow, Optuna and Python: two uses whose saving
+is measured (docs/benchmarks.md, "Private APIs"), each with a fallback to the public path when the internal is not
+what it was, and one that Optuna offers no public way to do. ``tests/unit/test_internals.py`` fails loudly when
+one of them changes upstream, so an upgrade is noticed by a red test, not by a slow or silent fallback in production.
 
 - :func:`newest_execution_api_only`: Airflow's in-process task execution API built for the newest API version
   only (Cadwyn internals); 4.0 s -> 0.6 s of every ``pipeline train``. Fallback: every version is built.
 - :func:`exit_without_teardown`: ends a command after the atexit handlers, without finalizing every module
   TensorFlow, Airflow and MLflow loaded (``atexit._run_exitfuncs`` + ``os._exit``); 3-4 s after ``pipeline
   train`` has printed its summary. Fallback: ``sys.exit``.
+- :func:`optuna_trial`: a live Optuna trial of a study opened in another process (a tuning DAG's trial task),
+  from the study's storage and id (``Study._storage``, ``Study._study_id``): Optuna's public ``Trial(study,
+  trial_id)`` needs the trial's id, which only the storage maps from its number. No fallback: without it a
+  trial task cannot report its epochs to the pruner.
 
 Everything else goes through public APIs: the DAG is imported from its file and run with ``DAG.test``, task
 states and return values come from ``airflow.sdk``'s listener and ``RuntimeTaskInstance.xcom_pull``, and the
@@ -70,3 +74,12 @@ def exit_without_teardown(code: int) -> None:
         except (OSError, ValueError):
             pass
     os._exit(code)
+
+
+def optuna_trial(study: "optuna.Study", number: int) -> "optuna.Trial":
+    """The live trial ``number`` of ``study``, asked by another process: to report intermediate values to it
+    and ask its pruner (``pipeline.tuning.study.trial_handle``)."""
+    import optuna
+
+    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
+    return optuna.trial.Trial(study, trial_id)

@@ -387,6 +387,12 @@ class Topology:
             "MLFLOW_WORKERS": str(self.mlflow_workers),
         }
 
+    def admin_env(self) -> dict[str, str]:
+        """A user's shell on the deployment: PIPELINE_HOME shared with the workers, MLflow as its admin (what
+        ``pipeline trigger``, ``promote`` and ``rollback`` run with in the tests and benchmarks)."""
+        return {**self.base_env(), "MLFLOW_TRACKING_URI": self.mlflow_url,
+                "MLFLOW_TRACKING_USERNAME": self.mlflow_admin[0], "MLFLOW_TRACKING_PASSWORD": self.mlflow_admin[1]}
+
     def client_env(self) -> dict[str, str]:
         """What a client needs (``pipeline trigger``, the tests): the URLs and the admins' credentials."""
         return {"AIRFLOW_URL": self.airflow_url, "AIRFLOW_USERNAME": self.airflow_admin[0],

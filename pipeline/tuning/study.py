@@ -100,11 +100,9 @@ def ask_round(study: "optuna.Study", tuning: TuningConfig, round_no: int) -> lis
 def trial_handle(study: "optuna.Study", number: int) -> "optuna.Trial":
     """The live trial ``number`` of ``study`` (asked by another process): to report intermediate values and ask
     the pruner."""
-    import optuna
+    from pipeline.internals import optuna_trial
 
-    storage = study._storage  # the study's own storage and id: Optuna's public Trial(study, trial_id) needs them
-    trial_id = storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    return optuna.trial.Trial(study, trial_id)
+    return optuna_trial(study, number)  # Optuna's private storage and study id, behind the one adapter
 
 
 def trial_state(study: "optuna.Study", number: int) -> str:

@@ -1,5 +1,5 @@
-"""How the production tests talk to the topology as its users do: the environment of a user's shell, what they
-send to the model server and how they wait for it to follow models.config."""
+"""How the production tests talk to the model server as its users do: what they send to it and how they wait
+for it to follow models.config."""
 from __future__ import annotations
 
 import time
@@ -43,8 +43,3 @@ def wait_label(topo, label: str, version: int, timeout_s: float = FOLLOW_TIMEOUT
                                              f"{timeout_s:.0f} s on; {topo.logs}/serving.log")
         time.sleep(0.5)
 
-
-def admin_env(topo) -> dict[str, str]:
-    """A user's shell on the deployment: PIPELINE_HOME shared with the workers, MLflow as its admin."""
-    return {**topo.base_env(), "MLFLOW_TRACKING_URI": topo.mlflow_url,
-            "MLFLOW_TRACKING_USERNAME": topo.mlflow_admin[0], "MLFLOW_TRACKING_PASSWORD": topo.mlflow_admin[1]}

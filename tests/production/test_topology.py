@@ -15,7 +15,7 @@ import subprocess
 import pytest
 import requests
 import topology
-from clients import PENGUIN, admin_env, predict_by_label
+from clients import PENGUIN, predict_by_label
 
 pytestmark = [pytest.mark.e2e, pytest.mark.production]
 
@@ -29,7 +29,7 @@ RUN_TIMEOUT_S = 1800  # a deadline, not a measure: a run takes minutes on 2 shar
 def triggered(topo):
     """``pipeline trigger`` run against the topology, as a user would: the Airflow admin's credentials in a
     netrc file, the MLflow server in the environment. Returns its exit status, output and the DAG run id."""
-    env = admin_env(topo)
+    env = topo.admin_env()
     proc = subprocess.run([str(topology.VENV_BIN / "pipeline"), "trigger", "--airflow", topo.airflow_url,
                            "--netrc", str(topo.root / "airflow.netrc"), "--conf", json.dumps(PARAMS)],
                           env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S)

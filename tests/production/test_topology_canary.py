@@ -23,7 +23,7 @@ import pytest
 import requests
 import topology
 import yaml
-from clients import PENGUIN, admin_env, label_version, predict_by_label, wait_label
+from clients import PENGUIN, label_version, predict_by_label, wait_label
 
 pytestmark = [pytest.mark.e2e, pytest.mark.production]
 
@@ -241,7 +241,7 @@ def test_a_canary_run_survives_a_killed_worker_a_restarted_scheduler_and_postgre
 
 
 def _cli(topo, *args: str) -> str:
-    proc = subprocess.run([str(topology.VENV_BIN / "pipeline"), *args], env=admin_env(topo), capture_output=True,
+    proc = subprocess.run([str(topology.VENV_BIN / "pipeline"), *args], env=topo.admin_env(), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, f"pipeline {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}{proc.stderr}"
     return proc.stdout

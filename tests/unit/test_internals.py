@@ -81,3 +81,14 @@ def test_exit_without_teardown_runs_the_atexit_handlers_and_keeps_the_status(mod
     out = _python(EXIT, mode)
     assert out.returncode == 7, out.stderr
     assert out.stdout.split() == ["before", "atexit", "ran"]
+
+
+def test_optuna_trial_reaches_a_trial_asked_by_another_study_object(tmp_path):
+    optuna = pytest.importorskip("optuna")
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    asking = optuna.create_study(storage=storage, study_name="s")
+    number = asking.ask().number
+    other = optuna.load_study(study_name="s", storage=storage)  # as a trial task in another process opens it
+    trial = internals.optuna_trial(other, number)
+    trial.report(0.5, step=1)
+    assert optuna.load_study(study_name="s", storage=storage).trials[number].intermediate_values == {1: 0.5}
