@@ -213,9 +213,11 @@ class TrainingConfig:
     class_weight: Literal[CLASS_WEIGHTS] = "auto"  # see pipeline.preprocess.class_weights
     mixed_precision: StrictBool = False
     # auto: TPU, else several GPUs mirrored, one GPU, or the CPU; mirrored: tf.distribute.MirroredStrategy over
-    # every GPU, else every logical CPU device (pipeline.train.select_strategy). Multi-worker training is not
-    # offered: Keras 3's fit does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585).
-    distribution: Literal["auto", "mirrored"] = "auto"
+    # every GPU, else every logical CPU device (pipeline.train.select_strategy); multi_worker:
+    # MultiWorkerMirroredStrategy over `workers` processes (pipeline.multi_worker: beside the task on
+    # 127.0.0.1, or the pods of an indexed Kubernetes Job that set TF_CONFIG).
+    distribution: Literal["auto", "mirrored", "multi_worker"] = "auto"
+    workers: Annotated[Int, Field(ge=1, le=256)] = 1
     seed: Seed = 42
     # Training from the split's Parquet files (pipeline.datasets.parquet_dataset): processed rows up to
     # in_memory_mb are computed once and kept as tensors (twice that for a moment while they are built); beyond
@@ -227,6 +229,12 @@ class TrainingConfig:
     def _consistent(self) -> "TrainingConfig":
         if self.min_epochs > self.max_epochs:
             raise ValueError(f"min_epochs: {self.min_epochs} is more than max_epochs ({self.max_epochs})")
+        if self.distribution == "multi_worker" and self.workers < 2:
+            raise ValueError("workers: multi_worker training needs at least 2 (got "
+                             f"{self.workers}); with one process use distribution auto or mirrored")
+        if self.workers > 1 and self.distribution != "multi_worker":
+            raise ValueError(f"workers: {self.workers} worker processes need distribution: multi_worker "
+                             f"(it is {self.distribution!r})")
         if self.clipnorm is not None and self.clipvalue is not None:
             raise ValueError("clipvalue: cannot be set together with clipnorm (a Keras optimizer takes one of them)")
         return self
@@ -256,6 +264,17 @@ class GateConfig:
 @dataclass(frozen=True, config=_SECTION)
 class ServingConfig:
     model_name: Name = "model"   # checked by pipeline.names.check_model_name
+
+
+@dataclass(frozen=True, config=_SECTION)
+class RetentionConfig:
+    """Which run directories stay on disk (``pipeline.retention``, applied after every deploy task and by
+    ``pipeline retention``): a run that produced no served version is removed once it is neither among the
+    ``keep_runs`` newest nor younger than ``keep_days``; ``enabled: false`` keeps everything."""
+
+    enabled: StrictBool = True
+    keep_runs: Annotated[Int, Field(ge=0)] = 20
+    keep_days: Annotated[Float, Field(ge=0)] = 30.0
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -363,6 +382,7 @@ class PipelineConfig:
     gate: GateConfig = GateConfig()
     serving: ServingConfig = ServingConfig()
     deploy: DeployConfig = DeployConfig()
+    retention: RetentionConfig = RetentionConfig()
     tuning: Optional[TuningConfig] = None   # pipeline tune only; training_pipeline ignores it
     # The drift monitor's section, read by pipeline.monitoring.monitor.MonitorConfig (kept as plain data here).
     monitoring: Mapping[str, Any] = field(default_factory=dict)

@@ -696,7 +696,23 @@ def deploy_task(st: Stage, exported: Mapping[str, Any], registered: Mapping[str,
         raise
     shutil.rmtree(staging, ignore_errors=True)
     _card_after_deploy(st, exported, result)
-    return result
+    return {**result, "retention": _retention(st)}
+
+
+def _retention(st: Stage) -> dict[str, Any]:
+    """``pipeline.retention`` after the deploy: old runs that no served version needs are removed. Its failure
+    is reported, never the deploy's: the version is published by now."""
+    from pipeline import retention
+
+    try:
+        done = retention.apply(st.cfg.retention, current=st.ctx.run_id)
+    except Exception as exc:  # noqa: BLE001 - a clean-up that failed leaves more on disk, nothing else
+        print(f"deploy: warning: retention failed: {type(exc).__name__}: {exc}")
+        return {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    if done["removed"]:
+        print(f"deploy: retention removed {len(done['removed'])} old run(s) "
+              f"({done['freed_bytes'] / 2**20:.1f} MiB): {', '.join(done['removed'][:10])}")
+    return {"removed": done["removed"], "freed_bytes": done["freed_bytes"]}
 
 
 def _card_after_deploy(st: Stage, exported: Mapping[str, Any], outcome: Mapping[str, Any]) -> None:

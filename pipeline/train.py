@@ -271,10 +271,13 @@ def train(train_df: "pd.DataFrame | str | Path", val_df: "pd.DataFrame | str | P
         callbacks: extra Keras callbacks (the tracking layer passes its per-epoch MLflow logger here).
     """
     import keras
-    import numpy as np
 
     from pipeline.preprocess import build_preprocessor, class_weights
 
+    if cfg.distribution == "multi_worker":
+        from pipeline.multi_worker import train_multi_worker
+
+        return train_multi_worker(train_df, val_df, meta, model_cfg, cfg, work_dir, seed, callbacks)
     keras.utils.set_random_seed(seed)
     strategy, kind = select_strategy(cfg.distribution)
     policy = precision_policy(kind, cfg.mixed_precision)
@@ -286,38 +289,14 @@ def train(train_df: "pd.DataFrame | str | Path", val_df: "pd.DataFrame | str | P
     sizes = plan(train_rows, cfg)
 
     with strategy.scope():
-        model = build_body(meta, model_cfg)
-        if meta.feature_spec.task == "classification":
-            loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
-            if cfg.label_smoothing:
-                loss = smoothed_sparse_crossentropy(cfg.label_smoothing, len(meta.class_names))
-        else:
-            if cfg.label_smoothing:
-                print("train: training.label_smoothing ignored: the task is regression")
-            loss, metrics = "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
-        model.compile(optimizer=_optimizer(cfg, sizes.epochs * sizes.steps_per_epoch, sizes.steps_per_epoch),
-                      loss=loss, metrics=metrics)
+        model = compiled_body(meta, model_cfg, cfg, sizes)
 
     by_class = class_weights(meta, cfg.class_weight)
     preprocessor = build_preprocessor(meta)
     has_val = _rows(val_df) > 0
-    monitor = "val_loss" if has_val else "loss"
     history_cb = keras.callbacks.History()
     tensorboard_dir = work_dir / TENSORBOARD_DIR if cfg.tensorboard else None
-    fit_callbacks = [
-        keras.callbacks.EarlyStopping(monitor=monitor, patience=sizes.patience, restore_best_weights=True),
-        # double_checkpoint: the checkpoint before the last is kept, and loaded when the last one is unreadable
-        # (its writer killed half way: a worker lost mid-save would otherwise fail every retry)
-        keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True),
-        history_cb,
-        *([_time_budget(cfg.max_minutes)] if cfg.max_minutes else []),
-        *([keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=cfg.lr_decay_rate,
-                                             patience=cfg.lr_plateau_patience or max(1, sizes.patience // 2))]
-          if cfg.lr_schedule == "reduce_on_plateau" else []),
-        *([_tensorboard(tensorboard_dir)] if tensorboard_dir else []),
-        _release_each_epoch(),
-        *callbacks,
-    ]
+    fit_callbacks = standard_callbacks(cfg, sizes, has_val, backup_dir, tensorboard_dir) + [history_cb, *callbacks]
     train_ds = fit_dataset(train_df, meta, preprocessor, sizes.batch_size, cfg, shuffle=True, seed=seed,
                            class_weight=by_class)
     val_ds = fit_dataset(val_df, meta, preprocessor, 1024, cfg) if has_val else None
@@ -325,8 +304,58 @@ def train(train_df: "pd.DataFrame | str | Path", val_df: "pd.DataFrame | str | P
           f"({sizes.steps_per_epoch} steps each), early stopping patience {sizes.patience}"
           + (f", class weights {by_class}" if by_class else ""))
     model.fit(train_ds, validation_data=val_ds, epochs=sizes.epochs, callbacks=fit_callbacks, verbose=2, shuffle=False)
-
     history = {k: [float(v) for v in vs] for k, vs in history_cb.history.items()}
+    return save_trained(model, meta, cfg, work_dir, history, "val_loss" if has_val else "loss", by_class,
+                        kind, policy, resumed, sizes, tensorboard_dir)
+
+
+def compiled_body(meta: PreprocessMeta, model_cfg: ModelConfig, cfg: TrainingConfig, sizes: Plan) -> "keras.Model":
+    """The body compiled with the configured loss, metrics and optimizer (call it in the strategy's scope)."""
+    import keras
+
+    model = build_body(meta, model_cfg)
+    if meta.feature_spec.task == "classification":
+        loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
+        if cfg.label_smoothing:
+            loss = smoothed_sparse_crossentropy(cfg.label_smoothing, len(meta.class_names))
+    else:
+        if cfg.label_smoothing:
+            print("train: training.label_smoothing ignored: the task is regression")
+        loss, metrics = "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
+    model.compile(optimizer=_optimizer(cfg, sizes.epochs * sizes.steps_per_epoch, sizes.steps_per_epoch),
+                  loss=loss, metrics=metrics)
+    return model
+
+
+def standard_callbacks(cfg: TrainingConfig, sizes: Plan, has_val: bool, backup_dir: Path | None,
+                       tensorboard_dir: Path | None) -> list["keras.callbacks.Callback"]:
+    """Early stopping (best weights restored), the resume checkpoint (none when ``backup_dir`` is None), the
+    time budget, the plateau schedule, TensorBoard scalars and the per-epoch memory release, as configured."""
+    import keras
+
+    monitor = "val_loss" if has_val else "loss"
+    return [
+        keras.callbacks.EarlyStopping(monitor=monitor, patience=sizes.patience, restore_best_weights=True),
+        # double_checkpoint: the checkpoint before the last is kept, and loaded when the last one is unreadable
+        # (its writer killed half way: a worker lost mid-save would otherwise fail every retry)
+        *([keras.callbacks.BackupAndRestore(str(backup_dir), double_checkpoint=True)] if backup_dir else []),
+        *([_time_budget(cfg.max_minutes)] if cfg.max_minutes else []),
+        *([keras.callbacks.ReduceLROnPlateau(monitor=monitor, factor=cfg.lr_decay_rate,
+                                             patience=cfg.lr_plateau_patience or max(1, sizes.patience // 2))]
+          if cfg.lr_schedule == "reduce_on_plateau" else []),
+        *([_tensorboard(tensorboard_dir)] if tensorboard_dir else []),
+        _release_each_epoch(),
+    ]
+
+
+def save_trained(model: "keras.Model", meta: PreprocessMeta, cfg: TrainingConfig, work_dir: Path,
+                 history: dict[str, list[float]], monitor: str, by_class: dict[int, float] | None, kind: str,
+                 policy: str, resumed: int, sizes: Plan, tensorboard_dir: Path | None) -> TrainResult:
+    """Save the fitted body (with the prior correction of class weights) to ``work_dir/model.keras`` and its
+    ``train_result.json``, both atomically; the resume checkpoint is removed once the model is saved."""
+    import keras
+    import numpy as np
+
     losses = history.get(monitor, [])
     work_dir.mkdir(parents=True, exist_ok=True)
     model_path = work_dir / MODEL_FILE
@@ -339,15 +368,19 @@ def train(train_df: "pd.DataFrame | str | Path", val_df: "pd.DataFrame | str | P
         model = keras.Model(model.input, corrected, name=model.name)
     model.save(tmp_path)
     tmp_path.replace(model_path)
-    shutil.rmtree(backup_dir, ignore_errors=True)
+    shutil.rmtree(work_dir / "backup", ignore_errors=True)
     keras.mixed_precision.set_global_policy("float32")
     result = TrainResult(str(model_path), resumed + len(losses), resumed + int(np.argmin(losses)) + 1 if losses else 0,
                          history, kind, policy, resumed, sizes.batch_size, sizes.epochs,
                          str(tensorboard_dir) if tensorboard_dir else "")
+    write_result(result, work_dir)
+    return result
+
+
+def write_result(result: TrainResult, work_dir: Path) -> None:
     tmp_json = work_dir / ".train_result.json.tmp"
     tmp_json.write_text(json.dumps(result.to_dict(), indent=2))
     tmp_json.replace(work_dir / "train_result.json")
-    return result
 
 
 def _rows(data: "pd.DataFrame | str | Path") -> int:

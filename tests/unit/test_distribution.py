@@ -63,7 +63,7 @@ def test_mirrored_over_two_cpu_devices_trains_the_same_model_as_the_default(tmp_
 
 def test_an_unknown_distribution_is_refused_by_name():
     with pytest.raises(ConfigError, match="distribution"):
-        load_config(None, {"training.distribution": "multi_worker"})
+        load_config(None, {"training.distribution": "parameter_server"})
 
 
 def test_mirrored_on_cpus_stays_float32():
