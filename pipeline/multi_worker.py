@@ -220,42 +220,37 @@ def collect(work_dir: str | Path) -> "TrainResult":
 
 
 def _follow(procs: list[subprocess.Popen], mw: Path, relay: "keras.callbacks.CallbackList", poll_s: float) -> None:
-    """Wait for every worker to exit 0, printing the chief's lines and relaying its epochs; on the first failure
-    stop the others and raise."""
+    """Wait for every worker to exit 0, printing the chief's lines and relaying its epochs; raise on the first
+    failure."""
     seen = 0
-    chief_log, printed = mw / "worker-0.log", 0
-    epochs_file = mw / EPOCHS
-    while True:
-        if chief_log.exists():
-            data = chief_log.read_bytes()
-            end = data.rfind(b"\n") + 1
-            for line in data[printed:end].decode(errors="replace").splitlines():
+    chief_log, epochs_file = mw / "worker-0.log", mw / EPOCHS
+    pending = b""
+    with open(chief_log, "rb") as log:  # created before the workers start
+        while True:
+            codes = [p.poll() for p in procs]  # before reading: what a worker wrote before it exited is relayed
+            pending += log.read()
+            *lines, pending = pending.split(b"\n")
+            for line in (ln.decode(errors="replace") for ln in lines):
                 if line.strip() and not line.startswith(_TF_NOISE):
                     print(f"[worker 0] {line}", flush=True)
-            printed = max(printed, end)
-        if epochs_file.exists():
-            lines = epochs_file.read_text().splitlines()
-            for line in lines[seen:]:
-                rec = json.loads(line)
-                relay.on_epoch_begin(rec["epoch"])
-                relay.on_epoch_end(rec["epoch"], rec["logs"])
-            seen = len(lines)
-        codes = [p.poll() for p in procs]
-        failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
-        if failed:
-            i, code = failed[0]
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-                    p.wait()
-            how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
-            tail = "\n".join(_tail(mw / f"worker-{i}.log"))
-            raise RuntimeError(f"multi-worker training: worker {i} (pid {procs[i].pid}) {how}; the other "
-                               f"workers were stopped. A retry resumes from the chief's last checkpoint. "
-                               f"End of {mw / f'worker-{i}.log'}:\n{tail}")
-        if all(c == 0 for c in codes):
-            return
-        time.sleep(poll_s)
+            if epochs_file.exists():
+                text = epochs_file.read_text()
+                records = [json.loads(ln) for ln in text[:text.rfind("\n") + 1].splitlines()]  # whole lines only
+                for rec in records[seen:]:
+                    relay.on_epoch_begin(rec["epoch"])
+                    relay.on_epoch_end(rec["epoch"], rec["logs"])
+                seen = len(records)
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed:  # the caller stops the others (train_multi_worker's finally)
+                i, code = failed[0]
+                how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with status {code}"
+                tail = "\n".join(_tail(mw / f"worker-{i}.log"))
+                raise RuntimeError(f"multi-worker training: worker {i} (pid {procs[i].pid}) {how}; the other "
+                                   f"workers were stopped. A retry resumes from the chief's last checkpoint. "
+                                   f"End of {mw / f'worker-{i}.log'}:\n{tail}")
+            if all(c == 0 for c in codes):
+                return
+            time.sleep(poll_s)
 
 
 def _tail(path: Path, n: int = 15) -> list[str]:
@@ -270,7 +265,8 @@ def _tail(path: Path, n: int = 15) -> list[str]:
 
 def distributed_fit(model: "keras.Model", strategy: "tf.distribute.Strategy", train_ds: "tf.data.Dataset",
                     val_ds: "tf.data.Dataset | None", epochs: int, steps_per_epoch: int, initial_epoch: int,
-                    callbacks: Sequence["keras.callbacks.Callback"], stop_file: Path | None = None) -> None:
+                    callbacks: Sequence["keras.callbacks.Callback"], classification: bool,
+                    stop_file: Path | None = None) -> None:
     """``model.fit`` for ``MultiWorkerMirroredStrategy``: ``train_ds`` a distributed dataset that repeats (each
     replica's batches), ``steps_per_epoch`` steps an epoch, from ``initial_epoch`` on; ``val_ds`` read whole by
     this worker. The logs are Keras': ``loss`` and the compiled metric (``accuracy`` or ``rmse``), with
@@ -279,7 +275,6 @@ def distributed_fit(model: "keras.Model", strategy: "tf.distribute.Strategy", tr
     import tensorflow as tf
 
     replicas = strategy.num_replicas_in_sync
-    classification = "accuracy" in [m if isinstance(m, str) else m.name for m in _compiled_metric_names(model)]
     metric = "accuracy" if classification else "rmse"
 
     def batch_sums(x, y, w, y_pred, training):
@@ -343,13 +338,6 @@ def distributed_fit(model: "keras.Model", strategy: "tf.distribute.Strategy", tr
             break
         model.stop_training = False
     cbs.on_train_end()
-
-
-def _compiled_metric_names(model: "keras.Model") -> list:
-    """The metrics the body was compiled with (``pipeline.train.compiled_body``: ``accuracy`` or ``rmse``)."""
-    config = model.get_compile_config() or {}
-    return [m if isinstance(m, str) else (m.get("config", {}).get("name") if isinstance(m, dict) else m)
-            for m in config.get("metrics") or []]
 
 
 class _EpochWriter:
@@ -437,7 +425,7 @@ def worker_main(spec_path: str | Path) -> None:
               + (f", class weights {by_class}" if by_class else ""), flush=True)
     with strategy.scope():  # as Keras' fit runs: callbacks that load or create variables do it in the scope
         distributed_fit(model, strategy, train_ds, val_ds, sizes.epochs, steps, resumed, fit_callbacks,
-                        stop_file=mw / STOP)
+                        classification=meta.feature_spec.task == "classification", stop_file=mw / STOP)
     history_dict = {k: [float(v) for v in vs] for k, vs in history.history.items()}
     save_trained(model, meta, cfg, own_dir, history_dict, "val_loss" if has_val else "loss", by_class,
                  kind, policy, resumed, sizes, tensorboard_dir)
