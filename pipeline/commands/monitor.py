@@ -7,8 +7,9 @@ By default this runs the ``drift_monitor`` DAG once through Airflow, as ``pipeli
 guards allow it, the ``training_data_drift`` Asset event that schedules a retraining. ``--direct`` runs only the
 analysis in this process (``pipeline.monitoring.monitor.run_monitor``), with no retraining decision.
 
-The window is ``--current`` (CSV, Parquet or request-log JSONL), else the request log since the last monitor
-run of this model (at most ``--lookback-hours`` back). The reference is the model version that served most of
+The window is ``--current`` (CSV, a Parquet file, a directory or glob of Parquet shards, or request-log JSONL),
+else the request log since the last monitor run of this model (at most ``--lookback-hours`` back); either is
+read batch by batch, in bounded memory (docs/monitoring.md). The reference is the model version that served most of
 the window (``--model-version`` to choose), found through its lineage file in the serving directory.
 With ``--json`` stdout carries exactly one JSON object (Airflow's logs go to stderr); when the DAG run failed,
 its ``error`` names each failed task with its reason. Exit status 0 whether or not there is drift; 1 when the DAG
@@ -38,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         "--config", type=Path, help="pipeline YAML with a monitoring: section (default conf/penguins.yaml)"
     )
     ap.add_argument(
-        "--current", type=Path, help="the window as CSV, Parquet or JSONL (default: the request log)"
+        "--current", type=Path, help="the window as CSV, Parquet (file, directory or glob of shards) or JSONL (default: the request log)"
     )
     ap.add_argument("--model-name", type=model_name_flag,
                     help="served model (default: the config's serving.model_name)")
@@ -186,8 +187,9 @@ def _reason(error: str) -> str:
 
 def _direct(args: argparse.Namespace) -> int:
     from pipeline.atomic import write_json_atomic
+    from pipeline.monitoring.batches import most_common, table_batches, value_counts
     from pipeline.monitoring.monitor import MonitorConfig, read_table, run_monitor
-    from pipeline.monitoring.request_log import read_request_log
+    from pipeline.monitoring.request_log import iter_request_log, request_log_versions
 
     default_conf = paths.DEFAULT_CONFIG
     config_path = args.config or (default_conf if default_conf.exists() else None)
@@ -203,20 +205,23 @@ def _direct(args: argparse.Namespace) -> int:
     now = datetime.now(UTC)
     state = _state_file(model_name)
     window_start = window_end = None
+    # The window is read batch by batch (run_monitor summarises it in bounded memory); the version that served
+    # most of it is found first, in a pass over its model_version column alone.
     if args.current is not None:
-        if not args.current.exists():
+        if not args.current.exists() and not any(ch in str(args.current) for ch in "*?["):
             print(f"pipeline monitor: {args.current} does not exist", file=sys.stderr)
             return 2
-        window = read_table(args.current)
+        served = value_counts(table_batches(args.current, columns=["model_version"]), "model_version")
+        window = args.current
     else:
         last = json.loads(state.read_text())["window_end"] if state.exists() else None
         window_start = datetime.fromisoformat(last) if last else now - timedelta(hours=args.lookback_hours)
         window_end = now
-        window = read_request_log(model_name, window_start, window_end)
+        served = request_log_versions(model_name, window_start, window_end)
 
     version = args.model_version
-    if version is None and "model_version" in window.columns and window["model_version"].notna().any():
-        version = int(window["model_version"].mode().iloc[0])
+    if version is None and served:
+        version = int(most_common(served))
     if version is None:
         available = _versions(model_name)
         version = available[-1] if available else None
@@ -226,8 +231,8 @@ def _direct(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 2
-    if "model_version" in window.columns and args.current is None:
-        window = window[window["model_version"] == version]
+    if args.current is None:
+        window = iter_request_log(model_name, window_start, window_end, model_version=version)
     lineage = paths.serving_dir(model_name) / str(version) / "assets.extra" / "pipeline_metadata.json"
     if not lineage.exists():
         print(f"pipeline monitor: lineage file {lineage} not found", file=sys.stderr)

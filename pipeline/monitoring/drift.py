@@ -8,8 +8,9 @@ Pure functions, no I/O. Per column, in this order:
 2. **Distribution**, on the non-missing values:
    - numeric: two-sample Kolmogorov-Smirnov (``ks``) for significance; effect size the Wasserstein-1 distance
      divided by the reference standard deviation (``wasserstein_norm``: 0.5 for a half-sd mean shift,
-     0.4 for a 1.5x spread); PSI on reference deciles is reported too. Both come from one sort of the window
-     and one merge with the reference sketch, exact against the sketch (see ``reference``).
+     0.4 for a 1.5x spread); PSI on reference deciles is reported too. All come from one merge of the
+     reference sketch with the window's summary (``window``: exact below its caps; above, KS and PSI still
+     exact against the sketch and Wasserstein within a histogram bin).
    - categorical: chi-square test of homogeneity (``chi2``); effect size the Jensen-Shannon distance
      (``jensen_shannon``, base 2: 0.085 or more for a 10-point change of a major category's share, 0.16 for a
      new category in 5% of rows, 0.01-0.035 for a 1-point change); PSI, unseen and vanished categories reported.
@@ -43,6 +44,7 @@ from pipeline.monitoring.reference import (
     category_counts,
     numeric_values,
 )
+from pipeline.monitoring.window import WindowStats, summarise_frame
 
 PSI_FLOOR = 1e-4  # share given to an empty bin in PSI, so that a new category has a finite PSI
 
@@ -98,29 +100,32 @@ class DriftConfig:
 # Statistics with known answers (unit-tested one by one).
 
 
+def step_cdf(values: np.ndarray, cdf: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """The step CDF given by its support ``values`` and ``cdf`` evaluated at ``x`` (0 before the support)."""
+    return np.concatenate(([0.0], cdf))[np.searchsorted(values, x, side="right")]
+
+
+def ks_wasserstein_sketches(
+    ref_values: np.ndarray, ref_cdf: np.ndarray, cur_values: np.ndarray, cur_cdf: np.ndarray
+) -> tuple[float, float]:
+    """Kolmogorov-Smirnov distance and Wasserstein-1 distance between two distributions given by their sorted
+    supports and CDFs (both non-empty).
+
+    Both CDFs are step functions, constant between two points of the merged support, so the supremum is taken at
+    those points and the integral is a sum over the gaps between them.
+    """
+    grid = np.union1d(ref_values, cur_values)
+    gap = np.abs(step_cdf(ref_values, ref_cdf, grid) - step_cdf(cur_values, cur_cdf, grid))
+    w1 = float((gap[:-1] * np.diff(grid)).sum())  # not np.dot: BLAS threads cost more than they save here
+    return float(gap.max(initial=0.0)), w1
+
+
 def ks_wasserstein(
     ref_values: np.ndarray, ref_cdf: np.ndarray, current_sorted: np.ndarray
 ) -> tuple[float, float]:
-    """Kolmogorov-Smirnov distance and Wasserstein-1 distance between a reference given by its support and CDF
-    and the empirical distribution of ``current_sorted`` (ascending, finite, non-empty).
-
-    One merge of the two sorted supports: both CDFs are step functions, constant between merged points, so the
-    supremum is taken at the last point of each group of ties and the integral is a dot product.
-    """
-    m, k = current_sorted.size, ref_values.size
-    pos = np.searchsorted(current_sorted, ref_values, side="left")
-    merged = np.insert(current_sorted, pos, ref_values)  # a reference point lands before equal current points
-    # reference point j sits at merged index pos[j] + j; between two of them the count of reference points seen
-    # is constant, so both CDFs at every merged index come from np.repeat over those k + 1 runs
-    runs = np.diff(np.concatenate(([0], pos + np.arange(k), [merged.size])))
-    f_ref = np.repeat(np.concatenate(([0.0], ref_cdf)), runs)
-    seen_ref = np.repeat(np.arange(k + 1, dtype=np.float64), runs)
-    f_cur = (np.arange(1.0, merged.size + 1.0) - seen_ref) / m
-    gap = np.abs(f_ref - f_cur)
-    step = np.diff(merged)
-    w1 = float((gap[:-1] * step).sum())  # not np.dot: BLAS threads cost more than they save here
-    d = float(gap[:-1][step > 0].max(initial=0.0))
-    return d, w1
+    """``ks_wasserstein_sketches`` against the empirical distribution of the values ``current_sorted``."""
+    values, counts = np.unique(current_sorted, return_counts=True)
+    return ks_wasserstein_sketches(ref_values, ref_cdf, values, np.cumsum(counts) / counts.sum())
 
 
 def ks_p_value(d: float, n: int, m: int) -> float:
@@ -140,12 +145,18 @@ def psi(ref_share: np.ndarray, cur_share: np.ndarray) -> float:
     return float(np.sum((q - p) * np.log(q / p)))
 
 
-def numeric_psi(ref: NumericSketch, current_sorted: np.ndarray, bins: int = 10) -> float:
-    """PSI over the reference's ``bins`` quantile bins (deciles by default)."""
+def numeric_psi(ref: NumericSketch, current: NumericSketch | np.ndarray, bins: int = 10) -> float:
+    """PSI over the reference's ``bins`` quantile bins (deciles by default); ``current`` a sketch or the sorted
+    current values."""
+    if isinstance(current, np.ndarray):
+        values, counts = np.unique(current, return_counts=True)
+        cur_values, cur_cdf = values, np.cumsum(counts) / counts.sum()
+    else:
+        cur_values, cur_cdf = current.values, current.cdf
     levels = np.arange(1, bins) / bins
     edges = np.unique(ref.values[np.minimum(np.searchsorted(ref.cdf, levels), ref.values.size - 1)])
-    f_ref = np.append(ref.cdf[np.searchsorted(ref.values, edges, side="right") - 1], 1.0)
-    f_cur = np.append(np.searchsorted(current_sorted, edges, side="right") / current_sorted.size, 1.0)
+    f_ref = np.append(step_cdf(ref.values, ref.cdf, edges), 1.0)
+    f_cur = np.append(step_cdf(cur_values, cur_cdf, edges), 1.0)
     return psi(np.diff(f_ref, prepend=0.0), np.diff(f_cur, prepend=0.0))
 
 
@@ -339,53 +350,74 @@ def _rates(ref_missing: int, ref_rows: int, cur_missing: int, cur_rows: int) -> 
 
 
 def compare_numeric(
-    name: str, ref: NumericSketch, column: pd.Series | None, rows: int, config: DriftConfig
+    name: str,
+    ref: NumericSketch,
+    column: NumericSketch | pd.Series | None,
+    rows: int,
+    config: DriftConfig,
 ) -> ColumnDrift:
-    """Missing rate, KS and normalised Wasserstein of one numeric column (``column=None``: absent)."""
-    values, cur_missing = numeric_values(column, rows)
+    """Missing rate, KS and normalised Wasserstein of one numeric column.
+
+    ``column``: the window's summary of it (``window.NumericSummary``), or its values (summarised here the same
+    way), or ``None`` when the window lacks it.
+    """
+    if isinstance(column, pd.Series):
+        from pipeline.monitoring.window import NumericSummary
+
+        summary = NumericSummary(ref)
+        summary.update(*numeric_values(column, rows))
+        column = summary.sketch()
+    cur = column
+    cur_count, cur_missing = (cur.count, cur.missing) if cur is not None else (0, rows)
     missing = _missing_result(ref.missing, ref.rows, cur_missing, rows, config)
     details = {
         "n_reference": ref.count,
-        "n_current": int(values.size),
+        "n_current": int(cur_count),
         **_rates(ref.missing, ref.rows, cur_missing, rows),
         "reference_mean": ref.mean,
         "reference_std": ref.std,
     }
     threshold = config.thresholds.get(name, config.numeric_threshold)
-    if column is None:
+    if cur is None:
         return ColumnDrift(
             name, "numeric", "missing_column", _absent(ref.missing, ref.rows, config), None, details
         )
-    if values.size < config.min_rows or ref.count < config.min_rows:
-        status = "all_missing" if values.size == 0 else "insufficient_data"
+    if cur_count < config.min_rows or ref.count < config.min_rows:
+        status = "all_missing" if cur_count == 0 else "insufficient_data"
         return ColumnDrift(name, "numeric", status, missing, None, details)
-    current = np.sort(values)
-    d, w1 = ks_wasserstein(ref.values, ref.cdf, current)
-    cur_std = float(current.std())
-    effect = w1 / normalising_scale(ref, cur_std)
-    dist = TestResult("ks", d, ks_p_value(d, ref.count, current.size), effect, threshold)
+    d, w1 = ks_wasserstein_sketches(ref.values, ref.cdf, cur.values, cur.cdf)
+    effect = w1 / normalising_scale(ref, cur.std)
+    dist = TestResult("ks", d, ks_p_value(d, ref.count, cur_count), effect, threshold)
     details.update(
         {
             "effect_measure": "wasserstein_norm",
             "wasserstein": w1,
-            "psi": numeric_psi(ref, current),
-            "current_mean": float(current.mean()),
-            "current_std": cur_std,
+            "psi": numeric_psi(ref, cur),
+            "current_mean": cur.mean,
+            "current_std": cur.std,
         }
     )
+    if not cur.exact:
+        details["current_summary"] = "histogram"
     return ColumnDrift(name, "numeric", "ok", missing, dist, details)
 
 
 def compare_categorical(
     name: str,
     ref: CategoricalSketch,
-    column: pd.Series | None,
+    column: CategoricalSketch | pd.Series | None,
     rows: int,
     config: DriftConfig,
     max_listed: int = 20,
 ) -> ColumnDrift:
-    """Missing rate, chi-square and Jensen-Shannon distance of one categorical column; names unseen categories."""
-    counts, cur_missing = category_counts(column, rows)
+    """Missing rate, chi-square and Jensen-Shannon distance of one categorical column; names unseen categories.
+
+    ``column``: the window's counts (``window.CategoricalSummary``), or its values, or ``None`` when absent.
+    """
+    if isinstance(column, CategoricalSketch):
+        counts, cur_missing = column.counts, column.missing
+    else:
+        counts, cur_missing = category_counts(column, rows)
     missing = _missing_result(ref.missing, ref.rows, cur_missing, rows, config)
     cur_n = sum(counts.values())
     pooled = OTHER_CATEGORY in ref.counts
@@ -531,7 +563,7 @@ class DriftResult:
 
 def analyse_drift(
     reference: ReferenceStats,
-    current: pd.DataFrame,
+    current: pd.DataFrame | WindowStats,
     config: DriftConfig | None = None,
     *,
     ignore_columns: Sequence[str] = (),
@@ -541,7 +573,9 @@ def analyse_drift(
 
     Args:
         reference: statistics of the training data (``reference.build_reference`` / the cache).
-        current: the window, one row per served instance; feature columns named as in the reference.
+        current: the window, one row per served instance, feature columns named as in the reference: a
+            DataFrame, or its summary (``window.summarise_window``, the streamed path). A DataFrame is
+            summarised first (one batch), so both compare the same summaries.
         config: thresholds and the dataset rule.
         ignore_columns: columns of ``current`` that are not features (request id, timestamp, label, outputs);
             any other column unknown to the reference is reported in ``new_columns``.
@@ -551,7 +585,9 @@ def analyse_drift(
         never an alarm.
     """
     config = config or DriftConfig()
-    rows = len(current)
+    if isinstance(current, pd.DataFrame):
+        current = summarise_frame(current, reference, sample_rows=0)
+    rows = current.rows
     known = set(reference.columns) | set(ignore_columns)
     new_columns = [str(c) for c in current.columns if c not in known]
     base = {
@@ -574,10 +610,11 @@ def analyse_drift(
         )
 
     def compare(name: str) -> ColumnDrift:
-        column = current[name] if name in current.columns else None
         if name in reference.numeric:
-            return compare_numeric(name, reference.numeric[name], column, rows, config)
-        return compare_categorical(name, reference.categorical[name], column, rows, config)
+            return compare_numeric(name, reference.numeric[name], current.numeric.get(name), rows, config)
+        return compare_categorical(
+            name, reference.categorical[name], current.categorical.get(name), rows, config
+        )
 
     features = {c: compare(c) for c in reference.features.features}
     predictions = {c: compare(c) for c in reference.features.predictions}

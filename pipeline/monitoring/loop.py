@@ -132,6 +132,33 @@ def labelled_rows(window, labels, label: str, features: Sequence[str]):
     return keep[columns].reset_index(drop=True)
 
 
+def labelled_rows_of(batches: Iterable, labels, label: str, features: Sequence[str], by_ts: bool = False):
+    """``labelled_rows`` of a window read batch by batch: only the labelled rows of each batch are kept (labels
+    are usually few), so memory is one batch plus the labelled rows.
+
+    The same rows and columns as ``labelled_rows`` on the whole window: the join on the request id is row by row,
+    a feature column is kept when any batch has it. ``by_ts``: put the rows in ``ts`` order (stable), as
+    ``request_log.read_request_log`` orders the whole log, for batches of ``iter_request_log`` (file order);
+    filtering then sorting stably gives the same order as sorting then filtering.
+    """
+    import pandas as pd
+
+    kept, seen = [], {}
+    for frame in batches:
+        seen.update(dict.fromkeys(frame.columns))
+        rows = labelled_rows(frame, labels, label, features)
+        if len(rows):
+            kept.append(rows)
+    if not kept:
+        return labelled_rows(pd.DataFrame(columns=list(seen)), labels, label, features)
+    rows = pd.concat(kept, ignore_index=True) if len(kept) > 1 else kept[0]
+    columns = [c for c in features if c in seen] + [label] + (["ts"] if "ts" in seen else [])
+    rows = rows.reindex(columns=columns)
+    if by_ts and "ts" in rows.columns:
+        rows = rows.sort_values("ts", kind="stable").reset_index(drop=True)
+    return rows
+
+
 def count_since(rows, since: datetime | None) -> int:
     """How many of ``rows`` arrived at or after ``since`` (all of them when there is no ``ts`` or no ``since``)."""
     import pandas as pd

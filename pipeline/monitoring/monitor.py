@@ -13,22 +13,25 @@ Configuration: the ``monitoring:`` section of the pipeline YAML (see docs/monito
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from itertools import chain
 from pathlib import Path
 
 import pandas as pd
 
+from pipeline.datasets import BATCH_ROWS
+from pipeline.monitoring.batches import parquet_sources, table_batches, with_predictions
 from pipeline.monitoring.drift import DriftConfig, DriftResult, analyse_drift
 from pipeline.monitoring.performance import evaluate_performance
 from pipeline.monitoring.reference import (
     FeatureTypes,
     ReferenceStats,
-    build_reference,
     load_or_build_reference,
     reference_cache_dir,
 )
+from pipeline.monitoring.reference_stream import build_reference_streamed
 from pipeline.monitoring.request_log import (
     OUTPUT_PREFIX,
     PREDICTED_CLASS,
@@ -38,6 +41,7 @@ from pipeline.monitoring.request_log import (
     prediction_columns,
     window_columns,
 )
+from pipeline.monitoring.window import summarise_window
 
 
 @dataclass(frozen=True)
@@ -113,11 +117,14 @@ def read_lineage(path: Path) -> dict:
 
 
 def read_table(path: Path) -> pd.DataFrame:
-    """A CSV, Parquet or request-log JSONL file (by extension) as a DataFrame."""
+    """A CSV, Parquet (file, directory or glob of shards) or request-log JSONL file (by extension) as a whole
+    DataFrame: for small tables (labels); ``run_monitor`` reads a window path batch by batch instead."""
+    files = parquet_sources(path)
+    if files is not None:
+        frames = [pd.read_parquet(f) for f in files]
+        return pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0]
     path = Path(path)
     suffix = path.suffix.lower()
-    if suffix in {".parquet", ".pq"}:
-        return pd.read_parquet(path)
     if suffix in {".jsonl", ".ndjson"}:
         with open(path, encoding="utf-8") as fh:
             return parse_lines(fh)
@@ -162,7 +169,9 @@ def lineage_features(lineage: Mapping, with_predictions: bool) -> FeatureTypes:
 
 def saved_model_predictions(model_dir: Path, lineage: Mapping) -> Callable[[pd.DataFrame], pd.DataFrame]:
     """A function running the exported model's ``serving_default`` on a frame, returning its outputs as
-    ``output.<name>`` columns (the request-log layout). TensorFlow is imported only when it is called."""
+    ``output.<name>`` columns (the request-log layout). TensorFlow is imported only when it is called, and the
+    model loaded once for all the reference's batches."""
+    loaded: dict = {}
 
     def predict(frame: pd.DataFrame, batch: int = 8192) -> pd.DataFrame:
         import numpy as np
@@ -170,7 +179,10 @@ def saved_model_predictions(model_dir: Path, lineage: Mapping) -> Callable[[pd.D
 
         from pipeline.contracts import SIGNATURE
 
-        fn = tf.saved_model.load(str(model_dir)).signatures[SIGNATURE]
+        if "fn" not in loaded:
+            loaded["model"] = tf.saved_model.load(str(model_dir))  # kept: the signature needs its owner alive
+            loaded["fn"] = loaded["model"].signatures[SIGNATURE]
+        fn = loaded["fn"]
         feats = lineage["features"]
         outputs: dict[str, list] = {}
         for start in range(0, len(frame), batch):
@@ -218,27 +230,57 @@ def load_reference_stats(
     directory = cache_dir or reference_cache_dir(lineage["model_name"], lineage["version"])
 
     def build() -> ReferenceStats:
-        frame = read_table(source)
         meta = dict(expect)
-        features = lineage_features(lineage, with_predictions=False)
+        columns = [*(lineage.get("features") or {}).get("numeric", ()), *(lineage.get("features") or {}).get(
+            "categorical", ())]
         if predict is not None:
             try:
-                outputs = predict(frame)
-                frame = pd.concat(
-                    [frame, prediction_columns(outputs, lineage["task"], lineage.get("class_names") or ())],
-                    axis=1,
+                return build_reference_streamed(
+                    lambda: _predicted(table_batches(source, columns=columns), predict, lineage),
+                    lineage_features(lineage, with_predictions=True),
+                    meta=meta,
                 )
-                features = lineage_features(lineage, with_predictions=True)
-            except Exception as exc:  # noqa: BLE001 - predictions are optional; the reason is kept
+            except _PredictFailed as failed:  # predictions are optional; the reason is kept
+                exc = failed.__cause__
                 meta["predictions_error"] = f"{type(exc).__name__}: {exc}"[:500]
-        return build_reference(frame, features, meta=meta)
+        return build_reference_streamed(
+            lambda: table_batches(source, columns=columns), lineage_features(lineage, with_predictions=False),
+            meta=meta,
+        )
 
     return load_or_build_reference(directory, build, expect)
 
 
+class _PredictFailed(Exception):
+    """The model failed on a reference batch (the cause is chained)."""
+
+
+def _predicted(batches: Iterable[pd.DataFrame], predict, lineage: Mapping) -> Iterator[pd.DataFrame]:
+    """Each reference batch with the model's prediction columns, computed on that batch alone."""
+    for frame in batches:
+        try:
+            outputs = predict(frame)
+        except Exception as exc:  # noqa: BLE001 - reported as predictions_error by the caller
+            raise _PredictFailed() from exc
+        yield pd.concat(
+            [frame, prediction_columns(outputs, lineage["task"], lineage.get("class_names") or ())], axis=1
+        )
+
+
+def window_batches(
+    current: pd.DataFrame | str | Path | Iterable[pd.DataFrame], batch_rows: int = BATCH_ROWS
+) -> Iterator[pd.DataFrame]:
+    """The window as frames: a DataFrame is one batch; a path is read batch by batch (``batches``)."""
+    if isinstance(current, pd.DataFrame):
+        return iter([current])
+    if isinstance(current, (str, Path)):
+        return table_batches(current, batch_rows)
+    return iter(current)
+
+
 def run_monitor(
     config: MonitorConfig,
-    current: pd.DataFrame | str | Path,
+    current: pd.DataFrame | str | Path | Iterable[pd.DataFrame],
     reference_meta_path: str | Path,
     *,
     labels: pd.DataFrame | None = None,
@@ -255,7 +297,11 @@ def run_monitor(
 
     Args:
         config: the monitoring settings.
-        current: the window: a DataFrame (e.g. from ``request_log.read_request_log``) or a CSV/Parquet/JSONL path.
+        current: the window: a DataFrame (e.g. from ``request_log.read_request_log``), a CSV / Parquet (file,
+            directory or glob) / JSONL path, or an iterable of frames (``request_log.iter_request_log``). Paths
+            and iterables are read batch by batch and summarised (``window.summarise_window``): memory is one
+            batch plus the summary's caps, whatever the window's rows. Performance is computed on the labelled
+            rows, all kept; the report's plots use a uniform sample of ``window.SAMPLE_ROWS`` rows.
         reference_meta_path: the lineage file ``.../serving/<model>/<version>/assets.extra/pipeline_metadata.json``.
         labels: late labels (``request_id`` [, ``row``], label column named as in the lineage) to join.
         window_start, window_end: the window's bounds, for the result, the report and the MLflow run.
@@ -272,16 +318,14 @@ def run_monitor(
     """
     lineage_path = Path(reference_meta_path)
     lineage = read_lineage(lineage_path)
-    window = read_table(Path(current)) if isinstance(current, (str, Path)) else current
     task, class_names = lineage["task"], lineage.get("class_names") or ()
     label = lineage.get("label") or "label"
 
-    outputs = prediction_columns(window, task, class_names)
-    if len(outputs.columns):
-        window = pd.concat(
-            [window.drop(columns=[c for c in outputs.columns if c in window.columns]), outputs], axis=1
-        )
-    if predict_reference is None and len(outputs.columns):
+    # the first batch says whether the window carries model outputs (and so whether the reference needs them)
+    batches = with_predictions(window_batches(current), task, class_names)
+    first = next(batches, None)
+    has_outputs = first is not None and any(str(c).startswith(OUTPUT_PREFIX) for c in first.columns)
+    if predict_reference is None and has_outputs:
         model_dir = lineage_path.parent.parent
         predict_reference = (
             saved_model_predictions(model_dir, lineage) if (model_dir / "saved_model.pb").exists() else None
@@ -289,8 +333,11 @@ def run_monitor(
     predict = predict_reference or None
     stats, from_cache = load_reference_stats(lineage, lineage_path, cache_dir=cache_dir, predict=predict)
 
-    if labels is not None and len(window):
-        window = join_labels(window, labels, label)
+    window_iter: Iterable[pd.DataFrame] = chain([first], batches) if first is not None else ()
+    if labels is not None:
+        window_iter = _joined(window_iter, labels, label)
+    prediction = PREDICTED_CLASS if task == "classification" else PREDICTED_VALUE
+    summary = summarise_window(window_iter, stats, label=label, label_columns=[prediction])
     meta = {
         "model_name": lineage["model_name"],
         "model_version": lineage["version"],
@@ -301,12 +348,13 @@ def run_monitor(
     }
     if stats.meta.get("predictions_error"):
         meta["predictions_error"] = stats.meta["predictions_error"]
-    ignore = [*window_columns(window), label]
-    result = analyse_drift(stats, window, config.drift, ignore_columns=ignore, meta=meta)
-    if label in window.columns and len(window):
-        prediction = PREDICTED_CLASS if task == "classification" else PREDICTED_VALUE
+    ignore = [*window_columns(pd.DataFrame(columns=list(summary.columns))), label]
+    result = analyse_drift(stats, summary, config.drift, ignore_columns=ignore, meta=meta)
+    if label in summary.columns and summary.rows:
+        # the labelled rows are all kept up to window.MAX_LABELLED: the metrics are exact over the window
+        labelled = summary.labelled if summary.labelled is not None else pd.DataFrame(columns=[label])
         result.performance = evaluate_performance(
-            window,
+            labelled,
             task,
             label=label,
             prediction=prediction,
@@ -319,7 +367,9 @@ def run_monitor(
     if report_dir is not None and config.report:
         from pipeline.monitoring.report import write_report
 
-        write_report(result, stats, window, Path(report_dir))
+        # plots from the uniform sample of the window (``window.SAMPLE_ROWS`` rows at most)
+        sample = summary.sample if summary.sample is not None else pd.DataFrame()
+        write_report(result, stats, sample, Path(report_dir))
     if (config.mlflow if log_mlflow is None else log_mlflow) and window_end is not None:
         from pipeline.monitoring.report import log_monitor_run
 
@@ -337,6 +387,12 @@ def run_monitor(
             link_logged_model(run_id, model_id, tracking_uri)
         result.meta["mlflow_run_id"] = run_id
     return result
+
+
+def _joined(batches: Iterable[pd.DataFrame], labels: pd.DataFrame, label: str) -> Iterator[pd.DataFrame]:
+    """Each window batch with its late labels (``request_log.join_labels``; batches without request ids pass)."""
+    for frame in batches:
+        yield join_labels(frame, labels, label) if "request_id" in frame.columns and len(frame) else frame
 
 
 def judged_version_tags(

@@ -10,7 +10,8 @@ turns the outputs into the columns the drift test compares (``prediction.class``
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import islice
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -109,6 +110,54 @@ def read_request_log(
     if model_version is not None:
         keep &= frame["model_version"] == model_version
     return frame[keep].sort_values("ts", kind="stable").reset_index(drop=True)
+
+
+def iter_request_log(
+    model_name: str,
+    start: datetime,
+    end: datetime,
+    *,
+    base_dir: Path | None = None,
+    model_version: int | None = None,
+    batch_rows: int = 65_536,
+) -> Iterator[pd.DataFrame]:
+    """``read_request_log`` one chunk of ``batch_rows`` lines at a time (file order, not sorted by ``ts``): the
+    streamed window, for logs too big to hold. The same rows, kept by the same ``ts`` / version filter."""
+    root = Path(base_dir) if base_dir is not None else paths.request_log_dir()
+    lo, hi = pd.Timestamp(_utc(start)), pd.Timestamp(_utc(end))
+    for f in log_files(root / model_name, start, end):
+        for lines in _line_chunks(f, batch_rows):
+            frame = parse_lines(lines)
+            keep = (frame["ts"] >= lo) & (frame["ts"] < hi)
+            if model_version is not None:
+                keep &= frame["model_version"] == model_version
+            if keep.any():
+                yield frame[keep].reset_index(drop=True)
+
+
+def _line_chunks(path: Path, batch_rows: int) -> Iterator[list[str]]:
+    """The lines of one log file, ``batch_rows`` at a time; a file that is not UTF-8 text (not a request log, or
+    damaged on disk) is an error naming it (``batches.WindowReadError``), not a bare decode error."""
+    from pipeline.monitoring.batches import WindowReadError
+
+    try:
+        with open(path, encoding="utf-8") as fh:
+            while lines := list(islice(fh, batch_rows)):
+                yield lines
+    except UnicodeDecodeError as exc:
+        raise WindowReadError(f"{path}: not a UTF-8 request-log file ({exc})") from exc
+
+
+def request_log_versions(
+    model_name: str, start: datetime, end: datetime, *, base_dir: Path | None = None
+) -> dict[int, int]:
+    """Model version -> rows served in the window (one streamed pass), to pick the reference version."""
+    counts: dict[int, int] = {}
+    for frame in iter_request_log(model_name, start, end, base_dir=base_dir):
+        if "model_version" in frame.columns:
+            for v, n in frame["model_version"].dropna().astype(int).value_counts().items():
+                counts[int(v)] = counts.get(int(v), 0) + int(n)
+    return counts
 
 
 def prediction_columns(frame: pd.DataFrame, task: str, class_names: Sequence[str] = ()) -> pd.DataFrame:

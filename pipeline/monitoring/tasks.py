@@ -8,17 +8,26 @@ flight), so that they run and are tested without Airflow. Everything a run write
 
 from __future__ import annotations
 
+import glob
 import json
-from collections.abc import Mapping, Sequence
+import os
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline import paths
-from pipeline.atomic import write_json_atomic, write_parquet_atomic
+from pipeline.atomic import atomic_path, write_json_atomic
 from pipeline.monitoring import loop
 
+if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
+
 DEFAULT_CONFIG = paths.DEFAULT_CONFIG
+# Rows of one window batch read or written by the tasks (the request log in lines, Parquet in record batches):
+# with the summary's caps (``window``), what bounds the tasks' memory, whatever the window's rows.
+BATCH_ROWS = 65_536
 
 
 class MonitorInputError(ValueError):
@@ -56,13 +65,16 @@ def _champion_version(model_name: str) -> int | None:
     return int(mv.version) if mv is not None else None
 
 
-def reference_version(window, model_name: str, requested: int | None) -> int:
+def reference_version(served: Mapping[Any, int], model_name: str, requested: int | None) -> int:
     """The model version whose training data is the reference: the one asked for, else the one that served most
-    of the window, else the champion, else the latest exported version."""
+    of the window (``served``: version -> rows, from one pass over the ``model_version`` column), else the
+    champion, else the latest exported version."""
+    from pipeline.monitoring.batches import most_common
+
     if requested:
         return int(requested)
-    if "model_version" in window.columns and window["model_version"].notna().any():
-        return int(window["model_version"].dropna().mode().iloc[0])
+    if served:
+        return int(most_common(served))
     version = _champion_version(model_name)
     if version is None:
         versions = _exported_versions(model_name)
@@ -72,50 +84,145 @@ def reference_version(window, model_name: str, requested: int | None) -> int:
     return version
 
 
+def count_versions(batches: Iterable[pd.DataFrame]) -> tuple[int, dict]:
+    """The rows of a window and version -> rows served (``model_version``, missing values left out), in one
+    streamed pass; batches without the column count their rows only."""
+    rows, served = 0, {}
+    for frame in batches:
+        rows += len(frame)
+        if "model_version" in frame.columns:
+            for v, n in frame["model_version"].dropna().value_counts().items():
+                served[v] = served.get(v, 0) + int(n)
+    return rows, served
+
+
+def scan_log(batches: Iterable[pd.DataFrame]) -> tuple[dict[int, int], pa.Schema]:
+    """Version -> rows and the Arrow schema of all the rows of a request-log window, in one streamed pass.
+
+    The schema is the union of the batches' (first appearance order; a column that is all null in one batch and
+    numbers in another is numbers, ints and floats are floats): the columns and types the whole window read as one
+    frame would have, so that every batch can be written into one Parquet file (``write_window``).
+    """
+    import pyarrow as pa
+
+    from pipeline.monitoring.request_log import parse_lines
+
+    # the empty log's columns first: a window with no rows is still written with its metadata columns
+    schema = pa.Schema.from_pandas(parse_lines([]), preserve_index=False).remove_metadata()
+    served: dict[int, int] = {}
+    for frame in batches:
+        if "model_version" in frame.columns:
+            for v, n in frame["model_version"].dropna().astype(int).value_counts().items():
+                served[int(v)] = served.get(int(v), 0) + int(n)
+        try:
+            batch_schema = pa.Schema.from_pandas(frame, preserve_index=False).remove_metadata()
+            schema = pa.unify_schemas([schema, batch_schema], promote_options="permissive")
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:  # e.g. a feature logged as text here, numbers there
+            raise MonitorInputError(f"the request log window cannot be stored as one table: {exc}") from None
+    return served, schema
+
+
+def conform(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
+    """One window batch as an Arrow table of ``schema``: its columns cast to the window's types, the columns the
+    batch lacks (no row of it had them) all null."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    arrays = [table.column(f.name).cast(f.type) if f.name in table.column_names else pa.nulls(len(frame), f.type)
+              for f in schema]
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def write_window(batches: Iterable[pd.DataFrame], path: Path, schema: pa.Schema) -> int:
+    """Write the window's batches into one Parquet file, one batch at a time; returns the rows written.
+
+    Atomic (``atomic.atomic_path``): a failure on any batch leaves the earlier file, or none, and no part file.
+    """
+    import pyarrow.parquet as pq
+
+    rows = 0
+    with atomic_path(path, suffix=".parquet") as tmp, pq.ParquetWriter(tmp, schema) as writer:
+        for frame in batches:
+            writer.write_table(conform(frame, schema))
+            rows += len(frame)
+    return rows
+
+
+def _current_source(current: str) -> str:
+    """The absolute path of the ``current`` window (file, directory or glob of Parquet shards, CSV, JSONL): the
+    analyse and decide tasks may run in another working directory."""
+    text = os.path.abspath(current)
+    if any(ch in text for ch in "*?["):
+        if not glob.glob(text):
+            raise MonitorInputError(f"{current}: no window file matches")
+    elif not Path(text).exists():
+        raise MonitorInputError(f"{current}: the window file does not exist")
+    return text
+
+
 def resolve_task(params: Mapping[str, Any], run_id: str, end: datetime,
                  previous_end: datetime | None) -> dict[str, Any]:
     """The window (the request log between the previous run and ``end``, or the ``current`` file) and the
-    lineage file of the model version that served it; the window is written to the run's directory."""
-    from pipeline.monitoring.monitor import read_table
-    from pipeline.monitoring.request_log import read_request_log
+    lineage file of the model version that served it.
+
+    Bounded memory: the window is read batch by batch. A request-log window is read twice: once for the serving
+    versions and the columns, then again to write the rows of the chosen version into the run's
+    ``window.parquet``, which pins the window for the later tasks (the log keeps growing). A ``current`` file is
+    the user's and is not copied: ``window`` names it, and a pass over it counts its rows and versions.
+    """
+    from pipeline.monitoring.batches import WindowReadError, parquet_sources, table_batches
+    from pipeline.monitoring.request_log import iter_request_log
 
     _, model_name = load_config(params)
     start, end = loop.window_bounds(end, previous_end, timedelta(hours=float(params.get("lookback_hours") or 24)))
+    out = loop.run_dir(model_name, run_id)
     if params.get("current"):
-        current = Path(params["current"])
-        if not current.exists():
-            raise MonitorInputError(f"{current}: the window file does not exist")
-        window, source = read_table(current), str(current)
+        source = _current_source(str(params["current"]))
+        try:
+            # a Parquet window: the model_version column alone (none read when it is absent: the row count then
+            # comes from the batches of zero columns); a CSV / JSONL one is read whole, batch by batch
+            columns = ["model_version"] if parquet_sources(source) is not None else None
+            rows, served = count_versions(table_batches(source, BATCH_ROWS, columns=columns))
+        except (WindowReadError, FileNotFoundError) as exc:  # a broken shard stays broken: refused, not retried
+            raise MonitorInputError(str(exc)) from None
+        version = reference_version(served, model_name, params.get("model_version"))
+        window_path = source
     else:
-        window, source = read_request_log(model_name, start, end), str(paths.request_log_dir(model_name))
-    version = reference_version(window, model_name, params.get("model_version"))
-    if "model_version" in window.columns and not params.get("current"):
-        window = window[window["model_version"] == version].reset_index(drop=True)
+        source = str(paths.request_log_dir(model_name))
+        try:
+            served, schema = scan_log(iter_request_log(model_name, start, end, batch_rows=BATCH_ROWS))
+        except WindowReadError as exc:  # a log file that is not text stays so: refused, not retried
+            raise MonitorInputError(str(exc)) from None
+        version = reference_version(served, model_name, params.get("model_version"))
     lineage = paths.serving_dir(model_name) / str(version) / "assets.extra" / "pipeline_metadata.json"
     if not lineage.exists():
         raise MonitorInputError(f"lineage file {lineage} not found (the reference of {model_name} v{version})")
-    out = loop.run_dir(model_name, run_id)
     out.mkdir(parents=True, exist_ok=True)
-    window_path = out / "window.parquet"
-    write_parquet_atomic(window_path, window)
-    return {"model_name": model_name, "model_version": version, "lineage": str(lineage), "window": str(window_path),
-            "source": source, "rows": int(len(window)), "window_start": start.isoformat(),
+    if not params.get("current"):
+        window_path = str(out / "window.parquet")
+        # the rows of the serving version only, as before (the reference is that version's training data)
+        rows = write_window(iter_request_log(model_name, start, end, model_version=version, batch_rows=BATCH_ROWS),
+                            Path(window_path), schema)
+    return {"model_name": model_name, "model_version": version, "lineage": str(lineage), "window": window_path,
+            "source": source, "rows": int(rows), "window_start": start.isoformat(),
             "window_end": end.isoformat(), "run_dir": str(out), "config": str(params.get("config") or "")}
 
 
 def analyse_task(params: Mapping[str, Any], dag_id: str, run_id: str, resolved: Mapping[str, Any]) -> dict[str, Any]:
     """``run_monitor`` on the resolved window: drift, performance on late labels, the HTML report and the MLflow
-    monitor run. Writes ``drift.json`` (the ``DriftResult`` dict before the retraining decision)."""
+    monitor run. Writes ``drift.json`` (the ``DriftResult`` dict before the retraining decision).
+
+    The window is streamed from its file, ``BATCH_ROWS`` rows at a time (``run_monitor`` summarises it in bounded
+    memory); the late labels are joined per batch, and batches without request ids keep their own label column.
+    """
+    from pipeline.monitoring.batches import table_batches
     from pipeline.monitoring.monitor import run_monitor
 
     config, model_name = load_config(params)
     out = Path(resolved["run_dir"])
     labels = loop.read_labels(params.get("labels"), model_name)
-    window = _read_window(resolved["window"])
-    if labels is not None and "request_id" not in window.columns:
-        labels = None  # a window file without request ids cannot be joined; its own label column still counts
     result = run_monitor(
-        config, window, resolved["lineage"], labels=labels,
+        config, table_batches(resolved["window"], BATCH_ROWS), resolved["lineage"], labels=labels,
         window_start=loop.parse_time(resolved["window_start"]), window_end=loop.parse_time(resolved["window_end"]),
         report_dir=out / "report", log_mlflow=bool(config.mlflow and params.get("mlflow", True)),
         run_tags={"airflow.dag_id": dag_id, "airflow.run_id": run_id},
@@ -129,29 +236,24 @@ def analyse_task(params: Mapping[str, Any], dag_id: str, run_id: str, resolved: 
             "report": str(out / "report" / "report.html") if (out / "report" / "report.html").exists() else None}
 
 
-def _read_window(path: str):
-    import pandas as pd
-
-    return pd.read_parquet(path)
-
-
 def _labelled(params: Mapping[str, Any], model_name: str, resolved: Mapping[str, Any], lineage: Mapping,
               last_trigger: datetime | None):
     """The labelled served rows a retraining would learn from, and how many of them are new since
     ``last_trigger``: the request log of the last ``labels_lookback_hours`` joined with the late labels (or the
-    ``current`` file's labelled rows)."""
-    from pipeline.monitoring.request_log import read_request_log
+    ``current`` file's labelled rows). Streamed: only the labelled rows are kept (``loop.labelled_rows_of``)."""
+    from pipeline.monitoring.batches import table_batches
+    from pipeline.monitoring.request_log import iter_request_log
 
     label = lineage.get("label") or "label"
     features = [*lineage["features"].get("numeric", []), *lineage["features"].get("categorical", [])]
     labels = loop.read_labels(params.get("labels"), model_name)
     end = loop.parse_time(resolved["window_end"])
     if params.get("current"):
-        served = _read_window(resolved["window"])
+        served = table_batches(resolved["window"], BATCH_ROWS)
     else:
         lookback = timedelta(hours=float(params.get("labels_lookback_hours") or 168))
-        served = read_request_log(model_name, end - lookback, end)
-    rows = loop.labelled_rows(served, labels, label, features)
+        served = iter_request_log(model_name, end - lookback, end, batch_rows=BATCH_ROWS)
+    rows = loop.labelled_rows_of(served, labels, label, features, by_ts=not params.get("current"))
     return rows, loop.count_since(rows, last_trigger)
 
 
