@@ -351,14 +351,10 @@ def report(res: dict, judged: list[tuple[str, bool, str]], command: str) -> str:
 
 
 def write_docs(section: str) -> None:
-    doc = ROOT / "docs" / "benchmarks.md"
-    text = doc.read_text()
-    begin, end = "<!-- scale-benchmark:begin -->", "<!-- scale-benchmark:end -->"
-    if begin in text:
-        text = text[:text.index(begin)] + section + text[text.index(end) + len(end):]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    doc.write_text(text)
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from common import write_section
+
+    write_section(section, "<!-- scale-benchmark:begin -->", "<!-- scale-benchmark:end -->")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,9 +16,11 @@ import sys
 from pathlib import Path
 from typing import Callable, Mapping
 
-from models import linear, mlp, tabular
+from models import image, linear, mlp, tabular, text
 
-BUILDERS: dict[str, Callable] = {"tabular": tabular.build, "mlp": mlp.build, "linear": linear.build}
+BUILDERS: dict[str, Callable] = {"tabular": tabular.build, "mlp": mlp.build, "linear": linear.build,
+                                 "cnn": image.build_cnn, "transfer": image.build_transfer,
+                                 "text_cnn": text.build_cnn, "text_transformer": text.build_transformer}
 DEFAULT_BUILDER = "tabular"
 
 
@@ -118,6 +120,17 @@ def _boolean(value) -> str | None:
     return None if isinstance(value, bool) else "must be true or false"
 
 
-# The built-in builders' regularization parameters, checked when the config loads.
+def _one_of(values):
+    def check(value) -> str | None:
+        return None if value in values else f"must be one of {', '.join(map(str, values))}"
+    return check
+
+
+# The built-in builders' regularization, augmentation and transfer parameters, checked when the config loads.
 PARAM_CHECKS = {"l1": _number_in(0, 1), "l2": _number_in(0, 1), "dropout": _number_in(0, 1, high_open=True),
-                "batch_norm": _boolean}
+                "batch_norm": _boolean, "rotation": _number_in(0, 1, high_open=True),
+                "zoom": _number_in(0, 1, high_open=True), "translation": _number_in(0, 1, high_open=True),
+                "contrast": _number_in(0, 1, high_open=True), "brightness": _number_in(0, 1, high_open=True),
+                "crop": _number_in(0, 0.5, high_open=True), "flip": _one_of(image.FLIPS),
+                "architecture": _one_of(tuple(image.ARCHITECTURES)), "freeze_epochs": _number_in(0),
+                "fine_tune_learning_rate": _number_in(1e-6, 1)}

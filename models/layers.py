@@ -21,10 +21,16 @@ def embedding_size(cardinality: int, cap: int = 32) -> int:
 
 
 def encode(inputs: dict, spec: "ModelSpec", *, one_hot_max: int = 0, embedding_dim: int | None = None,
-           text_units: int = 64, dropout: float = 0.0) -> "keras.KerasTensor":
+           text_units: int = 64, dropout: float = 0.0, images_ok: bool = False) -> "keras.KerasTensor":
     """One float vector per row: the numeric matrix, each categorical column one-hot (at most ``one_hot_max``
-    ids) or embedded (``embedding_dim``, default by cardinality), each text vector projected to ``text_units``."""
+    ids) or embedded (``embedding_dim``, default by cardinality), each text vector projected to ``text_units``.
+    Images are not read here: a builder that does not handle them (``images_ok``) refuses data that has them
+    rather than train without them."""
     import keras
+
+    if spec.images and not images_ok:
+        raise ValueError(f"image column(s) {', '.join(k.removeprefix('image__') for k in spec.images)}: this "
+                         f"builder reads tables; use model.builder: cnn or transfer (models.image)")
 
     parts = []
     if "numeric" in inputs:

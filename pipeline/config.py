@@ -89,10 +89,11 @@ Seed = Annotated[Int, Field(ge=0, le=SEED_MAX)]
 _SECTION = ConfigDict(extra="forbid")
 
 
-FEATURE_LIST_KEYS = ("numeric", "categorical", "exclude", "boolean", "high_cardinality", "text", "datetime")
+FEATURE_LIST_KEYS = ("numeric", "categorical", "exclude", "boolean", "high_cardinality", "text", "datetime", "image")
 FEATURE_KNOBS = {"max_vocabulary": int, "min_frequency": int, "hash_buckets": int, "text_max_tokens": int,
                  "text_ngrams": int, "id_unique_ratio": float, "text_min_words": float, "value_ids": int,
-                 "fit_sample_rows": int}
+                 "fit_sample_rows": int, "text_sequence_length": int, "image_height": int, "image_width": int,
+                 "image_channels": int}
 
 
 @dataclass(frozen=True, config=_SECTION)
@@ -121,6 +122,14 @@ class FeaturesConfig:
     # sample of this many rows; counts and statistics are over every row (pipeline.validate.validate_parquet,
     # pipeline.preprocess.fit_preprocessing_parquet)
     fit_sample_rows: Annotated[Int, Field(ge=1)] = 200_000
+    # text columns also as the ids of their first N words (tokens__<key>) for sequence builders (text_cnn,
+    # text_transformer); None: TF-IDF only (pipeline.preprocess)
+    text_sequence_length: Optional[Annotated[Int, Field(ge=2, le=4096)]] = None
+    # the size image columns are resized to and their channels (1 grey, 3 RGB); None: the training images'
+    # median height/width and most common channel count (pipeline.preprocess)
+    image_height: Optional[Annotated[Int, Field(ge=8, le=1024)]] = None
+    image_width: Optional[Annotated[Int, Field(ge=8, le=1024)]] = None
+    image_channels: Optional[Literal[1, 3]] = None
 
     def of_kind(self, kind: str) -> tuple[str, ...]:
         return tuple(c for c, k in self.kinds.items() if k == kind)
@@ -267,6 +276,17 @@ class ServingConfig:
 
 
 @dataclass(frozen=True, config=_SECTION)
+class ImagesConfig:
+    """How ingest reads an image source (``pipeline.images``): a folder of class subfolders, or a CSV/Parquet
+    manifest whose ``path_column`` holds the files' paths (relative to the manifest's folder) beside the label.
+    The snapshot holds each file's encoded bytes in ``column`` (the endpoint's input of that name)."""
+
+    column: Name = "image"
+    path_column: Name = "path"
+    max_pixels: Annotated[Int, Field(ge=1)] = 40_000_000   # a larger image is refused by name, not resized blindly
+
+
+@dataclass(frozen=True, config=_SECTION)
 class RetentionConfig:
     """Which run directories stay on disk (``pipeline.retention``, applied after every deploy task and by
     ``pipeline retention``): a run that produced no served version is removed once it is neither among the
@@ -383,6 +403,7 @@ class PipelineConfig:
     serving: ServingConfig = ServingConfig()
     deploy: DeployConfig = DeployConfig()
     retention: RetentionConfig = RetentionConfig()
+    images: Optional[ImagesConfig] = None   # set: the source is images (also found by itself for a folder of them)
     tuning: Optional[TuningConfig] = None   # pipeline tune only; training_pipeline ignores it
     # The drift monitor's section, read by pipeline.monitoring.monitor.MonitorConfig (kept as plain data here).
     monitoring: Mapping[str, Any] = field(default_factory=dict)

@@ -49,6 +49,9 @@ def build_serving_module(model: "keras.Model", meta: PreprocessMeta):
             super().__init__()
             self.model = model
             self.class_names = class_names
+            # the random augmentation layers' seed states: their serving call does not draw, but the traced
+            # function captures them, and the SavedModel must reach every variable it captures
+            self.seed_states = _seed_states(model)
 
         @tf.function(input_signature=[input_signature])
         def serve(self, features):
@@ -60,6 +63,28 @@ def build_serving_module(model: "keras.Model", meta: PreprocessMeta):
             return {"value": tf.reshape(tf.cast(outputs, tf.float32), [-1])}
 
     return ServingModule()
+
+
+def _seed_states(model: "keras.Model") -> list:
+    """The state variables of every ``keras.random.SeedGenerator`` held by a layer of ``model`` (nested models
+    included)."""
+    import keras
+
+    states, seen, stack = [], set(), [model]
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        for value in vars(layer).values():
+            if isinstance(value, keras.random.SeedGenerator):
+                states.append(value.state)
+            elif isinstance(value, keras.layers.Layer):
+                stack.append(value)
+            elif isinstance(value, (list, tuple)):
+                stack.extend(v for v in value if isinstance(v, keras.layers.Layer))
+        stack.extend(getattr(layer, "layers", []) or [])
+    return states
 
 
 def signature_inputs(df: "pd.DataFrame", spec: FeatureSpec) -> dict[str, Any]:

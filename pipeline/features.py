@@ -16,6 +16,8 @@ high_cardinality    many distinct values (top-K vocabulary + hashing)     string
 text                free text (words, spaces, many distinct values)       string
 datetime            dates or timestamps (``YYYY-MM-DD[ HH:MM[:SS]]``,     string
                     ``MM/DD/YYYY``; a datetime dtype)
+image               encoded image files (PNG, JPEG, GIF, BMP, WebP        string (bytes; REST clients
+                    bytes), decoded and resized inside the model          send ``{"b64": ...}``)
 identifier          unique per row (ids, uuids, row numbers): excluded    -
 constant            a single value: excluded                              -
 exclude             excluded by the config                                -
@@ -41,11 +43,12 @@ CATEGORICAL = "categorical"
 HIGH_CARDINALITY = "high_cardinality"
 TEXT = "text"
 DATETIME = "datetime"
+IMAGE = "image"
 IDENTIFIER = "identifier"
 CONSTANT = "constant"
 EXCLUDE = "exclude"
 
-FEATURE_KINDS = (NUMERIC, BOOLEAN, CATEGORICAL, HIGH_CARDINALITY, TEXT, DATETIME)
+FEATURE_KINDS = (NUMERIC, BOOLEAN, CATEGORICAL, HIGH_CARDINALITY, TEXT, DATETIME, IMAGE)
 EXCLUDED_KINDS = (IDENTIFIER, CONSTANT, EXCLUDE)
 KINDS = FEATURE_KINDS + EXCLUDED_KINDS
 # Kinds a user may pin in the config (identifier/constant are findings, not choices: pin `exclude`).
@@ -193,6 +196,22 @@ def looks_like_dates(values: "pd.Series") -> bool:
     return bool(parsed.notna().mean() >= 0.9)
 
 
+# The first bytes of the encodings tf.io.decode_image reads (WebP: "RIFF....WEBP", checked at offset 8).
+IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM")
+
+
+def is_encoded_image(value: Any) -> bool:
+    """``value`` is the bytes of an image file in one of the formats the model decodes."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        return False
+    head = bytes(value[:12])
+    return head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+def _is_bytes(values: "pd.Series") -> bool:
+    return bool(len(values)) and bool(values.head(200).map(lambda v: isinstance(v, (bytes, bytearray))).all())
+
+
 _ID_NAME = re.compile(r"(^|[_\-. ])(id|uuid|guid|key|index|idx|row|rownum|row_number)s?$|^unnamed", re.IGNORECASE)
 
 
@@ -208,6 +227,14 @@ def infer_kind(name: str, s: "pd.Series", opts: FeaturesConfig = FeaturesConfig(
     import pandas as pd
 
     values = s.dropna()
+    if _is_bytes(values):  # binary: images, or bytes the model cannot read
+        sample = values.head(2000)
+        share = float(sample.map(is_encoded_image).mean())
+        if share >= 0.99:
+            return IMAGE, {"distinct": None}, "encoded images (PNG/JPEG/GIF/BMP/WebP bytes)"
+        raise FeatureError(name, "binary", f"column {name!r}: binary values that are not encoded images "
+                                           f"({1 - share:.0%} of {len(sample)} checked are not PNG/JPEG/GIF/BMP/"
+                                           f"WebP); exclude it (features: {{{name}: exclude}}) or fix the data")
     if _is_stringish(s):
         values = values.astype(str)
         values = values[values.str.strip() != ""]

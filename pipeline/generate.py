@@ -184,20 +184,45 @@ def write_table(frame: pd.DataFrame, out: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     """``pipeline generate --rows N --out PATH [--task ...] [--seed ...]``: write one table."""
     parser = argparse.ArgumentParser(prog="pipeline generate", description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, required=True, help="number of rows")
-    parser.add_argument("--out", required=True, help="output file: .csv or .parquet")
+    parser.add_argument("--rows", type=int, help="number of rows (of images with --images shapes)")
+    parser.add_argument("--out", required=True, help="output file: .csv or .parquet (a folder with --images)")
+    parser.add_argument("--images", choices=("digits", "shapes"),
+                        help="write an image folder instead (<out>/<class>/*.png): scikit-learn's 1,797 digits "
+                             "(8x8 grey), or --rows synthetic shapes (circle, square, triangle, cross) with noise")
+    parser.add_argument("--size", type=int, default=64, help="--images shapes: width and height in pixels")
     parser.add_argument("--task", choices=TASKS, default="classification",
                         help=f"label kind: classification ({LABELS['classification']}) or regression "
                              f"({LABELS['regression']})")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     args = parser.parse_args(argv)
-    if args.rows < 1:
+    if args.images:
+        return _write_images(parser, args)
+    if args.rows is None or args.rows < 1:
         parser.error("--rows must be at least 1")
     try:
         path = write_table(generate_table(args.rows, args.seed, args.task), args.out)
     except ValueError as exc:
         parser.error(str(exc))
     print(f"wrote {args.rows:,} rows ({args.task}, label {LABELS[args.task]!r}) to {path}")
+    return 0
+
+
+def _write_images(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from pipeline.images.generate import write_digits, write_shapes
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        parser.error(f"--out {out}: the folder is not empty")
+    if args.images == "digits":
+        write_digits(out)
+        print(f"wrote scikit-learn's 1,797 digits as PNG files to {out}/<digit>/")
+        return 0
+    if args.rows is None or args.rows < 4:
+        parser.error("--images shapes: --rows must be at least 4 (one image per class)")
+    if not 8 <= args.size <= 1024:
+        parser.error("--size must be between 8 and 1024")
+    write_shapes(out, args.rows, args.size, seed=args.seed)
+    print(f"wrote {args.rows:,} {args.size}x{args.size} shape images to {out}/<shape>/")
     return 0
 
 

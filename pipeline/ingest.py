@@ -13,8 +13,12 @@ import uuid
 from dataclasses import asdict, dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pipeline.features import key_columns
+
+if TYPE_CHECKING:
+    from pipeline.config import ImagesConfig
 
 CHUNK_ROWS = 200_000
 SUPPORTED = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -287,7 +291,8 @@ def _guard(path: Path, kind: str):
         raise IngestError(f"{path}: cannot be parsed as {kind}: {exc}") from exc
 
 
-def ingest(source: str, out_dir: str | Path, label: str | None = None, chunk_rows: int | None = None) -> Snapshot:
+def ingest(source: str, out_dir: str | Path, label: str | None = None, chunk_rows: int | None = None,
+           images: "ImagesConfig | None" = None) -> Snapshot:
     """Snapshot ``source`` into ``out_dir/snapshot.parquet`` (overwriting a previous attempt of the same run),
     streamed: one chunk of ``chunk_rows`` rows is in memory at a time, whatever the source's size.
 
@@ -295,12 +300,24 @@ def ingest(source: str, out_dir: str | Path, label: str | None = None, chunk_row
         source: path, ``file://`` or ``pkg://`` URI of a CSV or Parquet file, a directory of shards or a glob.
         out_dir: the run-keyed data directory.
         label: when given, the label column must exist (checked here so the error names the file).
+        images: how to read an image source (``pipeline.images.snapshot``); a folder of class subfolders of
+            image files is read as one without it.
     """
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from pipeline.images.snapshot import ingest_images, is_image_folder
+
     chunk_rows = chunk_rows or CHUNK_ROWS
     path = resolve_source(source)
+    if images is not None or is_image_folder(path):
+        from pipeline.config import ImagesConfig
+
+        if not path.exists():
+            raise IngestError(f"{path}: no such folder or manifest file")
+        snap = ingest_images(path, out_dir, label, images or ImagesConfig())
+        (Path(out_dir) / "snapshot.json").write_text(json.dumps(snap.to_dict(), indent=2))
+        return snap
     kind, files = source_files(path)
     schema, batches = (_stream_csv if kind == "csv" else _stream_parquet)(files, chunk_rows)
     if schema is None or len(schema) == 0:

@@ -392,6 +392,11 @@ def worker_main(spec_path: str | Path) -> None:
     local = max(1, sizes.batch_size // replicas)
     with strategy.scope():
         model = compiled_body(meta, model_cfg, cfg, sizes)
+        from models.image import fine_tune_backbone
+
+        if fine_tune_backbone(model) is not None:
+            raise ValueError("training.distribution multi_worker: the transfer builder's freeze-then-fine-tune "
+                             "schedule runs on one machine (distribution auto or mirrored)")
         model.optimizer.build(model.trainable_variables)  # its variables mirrored too, before any checkpoint loads
     by_class = class_weights(meta, cfg.class_weight)
     preprocessor = build_preprocessor(meta)

@@ -31,9 +31,38 @@ def train_problem(params: Mapping[str, Any]) -> str | None:
         return None
     try:
         path = resolve_source(cfg.source)
+        from pipeline.images.snapshot import is_image_folder
+
+        if cfg.images is not None or is_image_folder(path):
+            return image_source_problem(path, cfg)
         columns = source_columns(path)
     except IngestError as exc:
         return str(exc)
+    return label_problem(path, columns, cfg.label)
+
+
+def image_source_problem(path: Path, cfg) -> str | None:
+    """Why an image source cannot be trained on, found without opening the images (ingest inspects each):
+    a folder needs two or more class subfolders, none empty; a manifest needs its path and label columns."""
+    from pipeline.images.manifest import ImageSourceError, scan_folder
+
+    if not path.exists():
+        return f"{path}: no such folder or manifest file"
+    if path.is_dir():
+        try:
+            scan_folder(path)
+        except ImageSourceError as exc:
+            return str(exc)
+        return None
+    from pipeline.ingest import IngestError
+
+    try:
+        columns = source_columns(path)
+    except IngestError as exc:
+        return str(exc)
+    column = cfg.images.path_column if cfg.images is not None else "path"
+    if column not in columns:
+        return f"{path}: no path column {column!r} (images.path_column); columns are {', '.join(columns)}"
     return label_problem(path, columns, cfg.label)
 
 
@@ -84,6 +113,15 @@ def monitor_problem(params: Mapping[str, Any]) -> str | None:
 
     for key, what in (("config", "config file"), ("current", "window file"), ("labels", "labels file")):
         value = params.get(key)
+        if key == "current" and value and (Path(value).is_dir() or any(ch in str(value) for ch in "*?[")):
+            import glob
+
+            # a window of Parquet shards: a directory of them, or a glob
+            if Path(value).is_dir() and not any(Path(value).glob("*.parquet")):
+                return f"{value} holds no *.parquet file ({what}, --{key})"
+            if not Path(value).is_dir() and not glob.glob(str(value)):
+                return f"{value} matches no file ({what}, --{key})"
+            continue
         if value and not Path(value).exists():
             return f"{value} does not exist ({what}, --{key})"
         if value and not Path(value).is_file():

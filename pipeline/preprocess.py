@@ -14,7 +14,12 @@ columns, string for every other kind) to the numeric tensors the trained model s
   a numeric column with at most ``value_ids`` distinct values (codes, counts, levels), the id of its value
   (``ValueIds``), so the model can single out each value as a tree does besides reading the number;
 - ``text__<key>``: TF-IDF of words and word bigrams (``TextVectorization``, vocabulary and IDF from the training
-  split), L2-normalised.
+  split), L2-normalised;
+- ``tokens__<key>`` (with ``features.text_sequence_length``: N): the ids of a text column's first N words (0:
+  padding, 1: a word out of the training split's vocabulary), for sequence builders;
+- ``image__<key>``: an image column decoded, resized and rescaled to ``(height, width, channels)`` floats in
+  [0, 1] (:class:`pipeline.encoders` ``DecodeImage``); augmentation belongs to the model, active only in
+  training (``models.image``).
 
 During training the preprocessor runs in the ``tf.data`` pipeline on the host (Keras' advice for TPUs, and faster
 on CPUs) and the model being fitted sees only these tensors; the exported SavedModel chains the same
@@ -31,7 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import FeaturesConfig
-from pipeline.features import BOOLEAN, CATEGORICAL, DATETIME, HIGH_CARDINALITY, NUMERIC, TEXT, FeatureSpec
+from pipeline.features import BOOLEAN, CATEGORICAL, DATETIME, HIGH_CARDINALITY, IMAGE, NUMERIC, TEXT, FeatureSpec
 
 if TYPE_CHECKING:
     import keras
@@ -49,7 +54,9 @@ class ModelSpec:
     """What a model builder is given besides its input tensors: the processed inputs and the task.
 
     ``numeric_width`` is the width of the ``numeric`` input (0: absent); ``categorical`` maps each ``cat__<key>``
-    input to its number of ids (embedding rows); ``text`` maps each ``text__<key>`` input to its width.
+    input to its number of ids (embedding rows); ``text`` maps each ``text__<key>`` input to its width;
+    ``tokens`` each ``tokens__<key>`` input to ``(ids, length)`` (ids counts padding and out-of-vocabulary);
+    ``images`` each ``image__<key>`` input to its ``(height, width, channels)``.
     """
 
     task: str
@@ -59,6 +66,8 @@ class ModelSpec:
     text: dict[str, int]
     kinds: dict[str, str]
     rows: int
+    tokens: dict[str, tuple[int, int]] = field(default_factory=dict)
+    images: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
     def inputs(self) -> dict[str, "keras.KerasTensor"]:
         """Fresh ``keras.Input`` tensors of the processed features, named as the preprocessor outputs them."""
@@ -69,6 +78,8 @@ class ModelSpec:
             out[NUMERIC_INPUT] = keras.Input(shape=(self.numeric_width,), name=NUMERIC_INPUT, dtype="float32")
         out.update({k: keras.Input(shape=(), name=k, dtype="int64") for k in self.categorical})
         out.update({k: keras.Input(shape=(w,), name=k, dtype="float32") for k, w in self.text.items()})
+        out.update({k: keras.Input(shape=(n,), name=k, dtype="int64") for k, (_, n) in self.tokens.items()})
+        out.update({k: keras.Input(shape=tuple(s), name=k, dtype="float32") for k, s in self.images.items()})
         return out
 
 
@@ -88,6 +99,8 @@ class PreprocessMeta:
     value_ids: dict = field(default_factory=dict)    # numeric key -> ValueIds params (columns of few values)
     class_counts: dict = field(default_factory=dict)  # classification: training rows per class
     rows: int = 0                                    # training rows
+    tokens: dict = field(default_factory=dict)       # text key -> {"vocabulary", "length"} (sequence builders)
+    image: dict = field(default_factory=dict)        # key -> DecodeImage params (height, width, channels)
 
     @property
     def feature_spec(self) -> FeatureSpec:
@@ -104,7 +117,9 @@ class PreprocessMeta:
                          {**{f"cat__{k}": len(p["vocabulary"]) + p["oov"] for k, p in self.categorical.items()},
                           **{f"cat__{k}": len(p["boundaries"]) + 2 for k, p in self.value_ids.items()}},
                          {f"text__{k}": len(p["vocabulary"]) for k, p in self.text.items()},
-                         {k: spec.kind(k) for k in spec.names}, self.rows)
+                         {k: spec.kind(k) for k in spec.names}, self.rows,
+                         {f"tokens__{k}": (len(p["vocabulary"]) + 2, p["length"]) for k, p in self.tokens.items()},
+                         {f"image__{k}": (p["height"], p["width"], p["channels"]) for k, p in self.image.items()})
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(asdict(self)))
@@ -130,6 +145,10 @@ class PreprocessMeta:
             out[k] = {"kind": TEXT, "vocabulary": len(p["vocabulary"]), "top": p["vocabulary"][1:11]}
         for k, p in self.datetime.items():
             out[k] = {"kind": DATETIME, "format": p["fmt"], "has_time": p["has_time"]}
+        for k, p in self.tokens.items():
+            out[k]["sequence"] = {"vocabulary": len(p["vocabulary"]), "length": p["length"]}
+        for k, p in self.image.items():
+            out[k] = {"kind": IMAGE, **p}
         return out
 
 
@@ -140,6 +159,8 @@ def string_values(s: "pd.Series") -> "np.ndarray":
     import pandas as pd
 
     missing = s.isna().to_numpy()
+    if s.dtype == object and s.notna().any() and isinstance(s[s.notna()].iloc[0], (bytes, bytearray)):
+        return image_bytes(s)  # an image column: its files' bytes, as they are
     if pd.api.types.is_datetime64_any_dtype(s):
         text = s.dt.strftime("%Y-%m-%d %H:%M:%S")
     elif pd.api.types.is_bool_dtype(s) or (s.dtype == object and s.notna().any()
@@ -163,8 +184,16 @@ def feature_arrays(df: "pd.DataFrame", spec: FeatureSpec) -> dict[str, "np.ndarr
     for col in spec.numeric:
         out[col] = pd.to_numeric(df[col], errors="coerce").to_numpy(dtype=np.float32, na_value=np.nan)
     for col in spec.categorical:
-        out[col] = string_values(df[col])
+        out[col] = image_bytes(df[col]) if spec.kind(col) == IMAGE else string_values(df[col])
     return out
+
+
+def image_bytes(s: "pd.Series") -> "np.ndarray":
+    """An image column as the endpoint takes it: the encoded bytes of each file (b'' for a missing one, which the
+    model refuses)."""
+    import numpy as np
+
+    return np.array([bytes(v) if isinstance(v, (bytes, bytearray, memoryview)) else b"" for v in s], dtype=object)
 
 
 def label_array(df: "pd.DataFrame", meta: PreprocessMeta) -> "np.ndarray":
@@ -262,13 +291,48 @@ def _date_stats(values: "np.ndarray", detail: dict) -> dict:
             "year_std": float(years.std()) if years.size else 1.0}
 
 
+def _image_size(values: "np.ndarray", opts: FeaturesConfig, sample: int = 2000) -> dict:
+    """The size images are resized to: the configured one, else the median of the first ``sample`` training
+    images' (rounded to a multiple of 8, at least 8 and at most 256), and the channels: configured, else 1 when
+    the most common mode is grey, 3 otherwise (read from the files' headers; nothing is decoded)."""
+    import io
+    from collections import Counter
+
+    import numpy as np
+    from PIL import Image
+
+    heights, widths, modes = [], [], Counter()
+    for data in values[:sample]:
+        with Image.open(io.BytesIO(data)) as img:
+            widths.append(img.size[0])
+            heights.append(img.size[1])
+            modes[img.mode] += 1
+
+    def rounded(v):
+        return int(min(256, max(8, 8 * round(float(np.median(v)) / 8))))
+
+    grey = bool(modes) and modes.most_common(1)[0][0] in ("1", "L", "LA", "I", "I;16", "F")
+    return {"height": opts.image_height or rounded(heights), "width": opts.image_width or rounded(widths),
+            "channels": opts.image_channels or (1 if grey else 3)}
+
+
+def _token_vocabulary(values: "np.ndarray", opts: FeaturesConfig) -> dict:
+    """The word vocabulary of a text column's ``tokens__`` ids: the ``text_max_tokens - 2`` most frequent words
+    (ids 0 and 1 are padding and out-of-vocabulary: ``text_max_tokens`` ids in all)."""
+    import keras
+
+    counter = keras.layers.TextVectorization(max_tokens=opts.text_max_tokens, output_mode="int")
+    counter.adapt(values)
+    return {"vocabulary": [str(w) for w in counter.get_vocabulary()[2:]], "length": int(opts.text_sequence_length)}
+
+
 def fit_preprocessing(train_df: "pd.DataFrame", spec: FeatureSpec,
                       opts: FeaturesConfig = FeaturesConfig()) -> PreprocessMeta:
     """Fit every feature's encoding on ``train_df`` (the training split only) and the label's."""
     import numpy as np
 
     arrays = feature_arrays(train_df, spec)
-    numeric, boolean, categorical, text, dates, value_ids = {}, {}, {}, {}, {}, {}
+    numeric, boolean, categorical, text, dates, value_ids, tokens, image = {}, {}, {}, {}, {}, {}, {}, {}
     for col in spec.names:
         kind, values = spec.kind(col), arrays[col]
         if kind == NUMERIC:
@@ -282,6 +346,10 @@ def fit_preprocessing(train_df: "pd.DataFrame", spec: FeatureSpec,
             categorical[col] = _vocabulary(values, opts, kind == HIGH_CARDINALITY)
         elif kind == TEXT:
             text[col] = _text_vocabulary(values, opts)
+            if opts.text_sequence_length:
+                tokens[col] = _token_vocabulary(values, opts)
+        elif kind == IMAGE:
+            image[col] = _image_size(values, opts)
         elif kind == DATETIME:
             dates[col] = _date_stats(values, spec.details.get(col, {}))
         else:
@@ -296,7 +364,7 @@ def fit_preprocessing(train_df: "pd.DataFrame", spec: FeatureSpec,
         y = train_df[spec.label].dropna().to_numpy(dtype=np.float64)
         class_names, class_counts, label_mean, label_std = [], {}, float(np.mean(y)), float(np.std(y) or 1.0)
     return PreprocessMeta(spec.to_dict(), class_names, label_mean, label_std, numeric, boolean, categorical, text,
-                          dates, value_ids, class_counts, int(len(train_df)))
+                          dates, value_ids, class_counts, int(len(train_df)), tokens, image)
 
 
 def fit_preprocessing_parquet(source: str | Path, spec: FeatureSpec, opts: FeaturesConfig = FeaturesConfig(),
@@ -395,6 +463,13 @@ def build_preprocessor(meta: PreprocessMeta) -> "keras.Model":
                                                        ngrams=p["ngrams"], output_mode="tf_idf",
                                                        name=name(f"{col}_tfidf"))
             outputs[f"text__{col}"] = keras.layers.UnitNormalization(name=name(f"{col}_l2"))(vectorize(inputs[col]))
+            if col in meta.tokens:
+                t = meta.tokens[col]
+                ids = keras.layers.TextVectorization(vocabulary=t["vocabulary"], output_mode="int",
+                                                     output_sequence_length=t["length"], name=name(f"{col}_tokens"))
+                outputs[f"tokens__{col}"] = ids(inputs[col])
+        elif col in meta.image:
+            outputs[f"image__{col}"] = L["DecodeImage"](**meta.image[col], name=name(f"{col}_decode"))(inputs[col])
     if numeric_parts:
         outputs[NUMERIC_INPUT] = (numeric_parts[0] if len(numeric_parts) == 1
                                   else keras.layers.Concatenate(name=name("numeric_features"))(numeric_parts))
@@ -448,7 +523,9 @@ def processed_dataset(df: "pd.DataFrame", meta: PreprocessMeta, preprocessor: "k
 def processed_row_bytes(meta: PreprocessMeta) -> int:
     """About how many bytes one processed row (with its label and weight) takes as tensors."""
     mspec = meta.model_spec()
-    return 4 * (mspec.numeric_width + len(mspec.categorical) * 2 + sum(mspec.text.values()) + 2)
+    pixels = sum(h * w * c for h, w, c in mspec.images.values())
+    tokens = sum(n for _, n in mspec.tokens.values())
+    return 4 * (mspec.numeric_width + len(mspec.categorical) * 2 + sum(mspec.text.values()) + 2 + pixels) + 8 * tokens
 
 
 def gathered_batches(columns: tuple, n: int, batch_size: int, shuffle: bool = False,

@@ -36,7 +36,7 @@ class SavedModelPyfunc(mlflow.pyfunc.PythonModel):
         from pipeline.export import signature_inputs
 
         spec = FeatureSpec(tuple(self._meta["features"]["numeric"]), tuple(self._meta["features"]["categorical"]),
-                           self._meta["label"], self._meta["task"])
+                           self._meta["label"], self._meta["task"], dict(self._meta["features"].get("kinds") or {}))
         out = self._fn(**signature_inputs(pd.DataFrame(model_input), spec))
         if spec.task == "classification":
             proba = out["probabilities"].numpy()

@@ -10,6 +10,8 @@ merged or dropped when the config says so (``labels``).
 """
 from __future__ import annotations
 
+import hashlib
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -84,6 +86,12 @@ def row_hash_unit(df: "pd.DataFrame", seed: int):
         values = df[col]
         if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
             canonical[str(col)] = values.astype("float64")
+        elif len(values) and isinstance(values.dropna().head(1).tolist()[0] if values.notna().any() else "",
+                                        (bytes, bytearray)):
+            # binary (an image file): its content's digest, so the same image lands in the same split
+            # whichever file it came from (no copy of a test image in training)
+            canonical[str(col)] = values.map(lambda v: hashlib.sha256(bytes(v)).hexdigest()
+                                             if isinstance(v, (bytes, bytearray)) else "None")
         else:
             canonical[str(col)] = values.astype(object).where(values.notna(), None).astype(str)
     hashed = pd.util.hash_pandas_object(pd.DataFrame(canonical, index=df.index), index=False).to_numpy(np.uint64)

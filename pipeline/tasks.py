@@ -203,7 +203,7 @@ def ingest_task(st: Stage, drift_events: Sequence[Mapping[str, Any] | None] = ()
 
     cfg = st.cfg
     mlflow.log_params({"source": cfg.source, "label": cfg.label})
-    snap = ingest(cfg.source, st.ctx.data_dir, label=cfg.label)
+    snap = ingest(cfg.source, st.ctx.data_dir, label=cfg.label, images=cfg.images)
     labelled = labelled_data_paths(drift_events, cfg.serving.model_name)
     if labelled:
         source_rows = snap.rows

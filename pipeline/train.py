@@ -85,6 +85,12 @@ def build_body(meta: PreprocessMeta, model_cfg: ModelConfig) -> "keras.Model":
 
     mspec = meta.model_spec()
     inputs = mspec.inputs()
+    if mspec.images and not model_cfg.module and model_cfg.builder == ModelConfig().builder and not model_cfg.params:
+        # the default builder reads tables; data with images gets the image one unless the config chose
+        import dataclasses
+
+        model_cfg = dataclasses.replace(model_cfg, builder="cnn")
+        print("train: the data has image column(s): model builder 'cnn' (model.builder chooses another)")
     out = model_cfg.build_fn()(inputs, mspec, **dict(model_cfg.params))
     expected = (mspec.n_outputs,) if mspec.task == "classification" else (1,)
     if tuple(out.shape[1:]) != expected:
@@ -303,25 +309,87 @@ def train(train_df: "pd.DataFrame | str | Path", val_df: "pd.DataFrame | str | P
     print(f"train: {train_rows} rows, batch size {sizes.batch_size}, up to {sizes.epochs} epochs "
           f"({sizes.steps_per_epoch} steps each), early stopping patience {sizes.patience}"
           + (f", class weights {by_class}" if by_class else ""))
-    model.fit(train_ds, validation_data=val_ds, epochs=sizes.epochs, callbacks=fit_callbacks, verbose=2, shuffle=False)
+    from models.image import fine_tune_backbone
+
+    backbone = fine_tune_backbone(model)
+    if backbone is None:
+        model.fit(train_ds, validation_data=val_ds, epochs=sizes.epochs, callbacks=fit_callbacks, verbose=2,
+                  shuffle=False)
+    else:
+        _fit_fine_tuning(model, backbone, meta, cfg, sizes, strategy, train_ds, val_ds, work_dir, resumed,
+                         fit_callbacks, [history_cb, *callbacks, _release_each_epoch()])
     history = {k: [float(v) for v in vs] for k, vs in history_cb.history.items()}
     return save_trained(model, meta, cfg, work_dir, history, "val_loss" if has_val else "loss", by_class,
                         kind, policy, resumed, sizes, tensorboard_dir)
 
 
-def compiled_body(meta: PreprocessMeta, model_cfg: ModelConfig, cfg: TrainingConfig, sizes: Plan) -> "keras.Model":
-    """The body compiled with the configured loss, metrics and optimizer (call it in the strategy's scope)."""
+FROZEN_BACKUP_DIR = "backup_frozen"   # the resume checkpoint of a transfer model's frozen phase
+
+
+def _fit_fine_tuning(model: "keras.Model", backbone: "keras.layers.Layer", meta: PreprocessMeta,
+                     cfg: TrainingConfig, sizes: Plan, strategy, train_ds, val_ds, work_dir: Path, resumed: int,
+                     fit_callbacks: list, phase_one_callbacks: list) -> None:
+    """Freeze, then fine-tune (``models.image.build_transfer``): the backbone frozen for its ``freeze_epochs``
+    while the new head learns, then its last ``layers`` unfrozen (batch normalisation stays frozen) and the fit
+    goes on from that epoch, recompiled with the learning rate times ``learning_rate``. Recompiling is what
+    Keras needs for a change of ``trainable`` to take effect, so the two phases are two ``fit`` calls; the
+    frozen phase has its own resume checkpoint, and a resumed run whose fine-tuning phase had checkpointed
+    skips it."""
+    import dataclasses
+
+    from models.image import set_backbone_trainable
+
+    plan_ = backbone.fine_tune
+    freeze = min(int(plan_["freeze_epochs"]), sizes.epochs)
+    steps = sizes.steps_per_epoch
+    if plan_["layers"] == 0 or freeze >= sizes.epochs:  # frozen throughout: one fit with the usual callbacks
+        set_backbone_trainable(backbone, False)
+        _recompile(model, meta, cfg, sizes.epochs * steps, steps, strategy)
+        model.fit(train_ds, validation_data=val_ds, epochs=sizes.epochs, callbacks=fit_callbacks, verbose=2,
+                  shuffle=False)
+        return
+    if freeze and resumed < freeze:
+        import keras
+
+        set_backbone_trainable(backbone, False)
+        _recompile(model, meta, cfg, freeze * steps, steps, strategy)
+        print(f"train: backbone frozen for {freeze} epoch(s) while the head learns")
+        backup = keras.callbacks.BackupAndRestore(str(work_dir / FROZEN_BACKUP_DIR), double_checkpoint=True)
+        model.fit(train_ds, validation_data=val_ds, epochs=freeze, callbacks=[backup, *phase_one_callbacks],
+                  verbose=2, shuffle=False)
+    trainable = set_backbone_trainable(backbone, True, plan_["layers"])
+    tuned = dataclasses.replace(cfg, learning_rate=cfg.learning_rate * plan_["learning_rate"])
+    _recompile(model, meta, tuned, (sizes.epochs - freeze) * steps, steps, strategy)
+    print(f"train: fine-tuning {trainable} backbone layer(s) from epoch {freeze + 1}, learning rate "
+          f"{tuned.learning_rate:g}")
+    model.fit(train_ds, validation_data=val_ds, initial_epoch=freeze, epochs=sizes.epochs, callbacks=fit_callbacks,
+              verbose=2, shuffle=False)
+
+
+def _recompile(model: "keras.Model", meta: PreprocessMeta, cfg: TrainingConfig, total_steps: int,
+               steps_per_epoch: int, strategy) -> None:
+    loss, metrics = _loss_and_metrics(meta, cfg)
+    with strategy.scope():
+        model.compile(optimizer=_optimizer(cfg, max(1, total_steps), steps_per_epoch), loss=loss, metrics=metrics)
+
+
+def _loss_and_metrics(meta: PreprocessMeta, cfg: TrainingConfig, quiet: bool = True) -> tuple[Any, list]:
     import keras
 
-    model = build_body(meta, model_cfg)
     if meta.feature_spec.task == "classification":
         loss, metrics = "sparse_categorical_crossentropy", ["accuracy"]
         if cfg.label_smoothing:
             loss = smoothed_sparse_crossentropy(cfg.label_smoothing, len(meta.class_names))
-    else:
-        if cfg.label_smoothing:
-            print("train: training.label_smoothing ignored: the task is regression")
-        loss, metrics = "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
+        return loss, metrics
+    if cfg.label_smoothing and not quiet:
+        print("train: training.label_smoothing ignored: the task is regression")
+    return "mse", [keras.metrics.RootMeanSquaredError(name="rmse")]
+
+
+def compiled_body(meta: PreprocessMeta, model_cfg: ModelConfig, cfg: TrainingConfig, sizes: Plan) -> "keras.Model":
+    """The body compiled with the configured loss, metrics and optimizer (call it in the strategy's scope)."""
+    model = build_body(meta, model_cfg)
+    loss, metrics = _loss_and_metrics(meta, cfg, quiet=False)
     model.compile(optimizer=_optimizer(cfg, sizes.epochs * sizes.steps_per_epoch, sizes.steps_per_epoch),
                   loss=loss, metrics=metrics)
     return model
@@ -369,6 +437,7 @@ def save_trained(model: "keras.Model", meta: PreprocessMeta, cfg: TrainingConfig
     model.save(tmp_path)
     tmp_path.replace(model_path)
     shutil.rmtree(work_dir / "backup", ignore_errors=True)
+    shutil.rmtree(work_dir / FROZEN_BACKUP_DIR, ignore_errors=True)
     keras.mixed_precision.set_global_policy("float32")
     result = TrainResult(str(model_path), resumed + len(losses), resumed + int(np.argmin(losses)) + 1 if losses else 0,
                          history, kind, policy, resumed, sizes.batch_size, sizes.epochs,

@@ -48,10 +48,24 @@ def predict_request(model_name: str, inputs: Mapping[str, "np.ndarray"], version
     for key, value in inputs.items():
         value = np.asarray(value)
         if value.dtype.kind in "USO":
-            request.inputs[key].CopyFrom(tf.make_tensor_proto([str(v).encode() for v in value], tf.string))
+            request.inputs[key].CopyFrom(tf.make_tensor_proto([_as_bytes(v) for v in value], tf.string))
         else:
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
     return request
+
+
+def _as_bytes(value: Any) -> bytes:
+    """A string input's element as a tensor's bytes: bytes (an image file) as they are, text UTF-8 encoded."""
+    return bytes(value) if isinstance(value, (bytes, bytearray, memoryview)) else str(value).encode()
+
+
+def _as_json_string(value: Any) -> Any:
+    """A string input's element in a REST body: text as it is, bytes as TF Serving's ``{"b64": ...}``."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        import base64
+
+        return {"b64": base64.b64encode(bytes(value)).decode("ascii")}
+    return str(value)
 
 
 def _pick_output(outputs: Mapping[str, Any], key: str | None) -> Any:
@@ -71,8 +85,8 @@ def rest_predict(session, rest_url: str, model_name: str, version: int, inputs: 
     import numpy as np
 
     body = {"signature_name": SIGNATURE,
-            "inputs": {k: [str(x) for x in v] if np.asarray(v).dtype.kind in "USO" else np.asarray(v).tolist()
-                       for k, v in inputs.items()}}
+            "inputs": {k: [_as_json_string(x) for x in v] if np.asarray(v).dtype.kind in "USO"
+                       else np.asarray(v).tolist() for k, v in inputs.items()}}
     response = session.post(f"{rest_url}/v1/models/{model_name}/versions/{version}:predict",
                             data=json.dumps(body), timeout=60)
     if response.status_code != 200:
