@@ -4,9 +4,9 @@
 Both read the ``tokens__<column>`` inputs: the ids of a text column's first ``features.text_sequence_length``
 words (0: padding, 1: a word the training split did not have), made by the preprocessor's ``TextVectorization``
 inside the served model, so the endpoint still takes the raw string. What each makes of its sequences is
-concatenated with the table's other columns (``models.layers.encode``: numbers, categorical ids and, with
-``tfidf`` on, the TF-IDF bag of words and bigrams of the same text columns, which a sequence model alone learns
-slowly on small data), then a Dense layer with dropout and the task's head.
+concatenated with the table's other columns (numbers and categorical ids through ``models.layers.encode``) and,
+with ``tfidf`` on, the TF-IDF bag of words and bigrams of the same text columns projected (what a sequence model
+alone learns slowly on small data), then a Dense layer with dropout and the task's head.
 
 Only built-in Keras layers and ``keras.ops`` are used (no custom layer classes), so a saved body loads in any
 process without this module being imported first.

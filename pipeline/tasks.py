@@ -222,6 +222,15 @@ def ingest_task(st: Stage, drift_events: Sequence[Mapping[str, Any] | None] = ()
         DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "training")])])
     mlflow.log_metrics({"rows": snap.rows, "columns": len(snap.columns)})
     mlflow.log_params({"snapshot": snap.path, "digest": snap.digest})
+    from pipeline.images.snapshot import MANIFEST_FILE, SUMMARY_FILE
+
+    images = Path(snap.path).with_name(SUMMARY_FILE)
+    if images.is_file():  # an image source: the files' summary and manifest beside the snapshot
+        facts = json.loads(images.read_text())
+        mlflow.log_artifact(str(images))
+        mlflow.log_artifact(str(images.with_name(MANIFEST_FILE)))
+        mlflow.log_metrics({"images_converted_channels": facts["converted_channels_count"],
+                            "images_duplicates": facts["duplicates"], "classes": len(facts["classes"])})
     return {"snapshot": snap.path, "digest": snap.digest, "rows": snap.rows, "source": snap.source,
             "labelled_data": labelled}
 

@@ -8,6 +8,7 @@ Modules, one concern each:
 - ``window``: the current window summarised batch by batch into the same kind of sketches (bounded memory).
 - ``batches``: a window or reference file (CSV, Parquet file / directory / glob, JSONL) read batch by batch.
 - ``drift``: the statistics and the per-feature / dataset decisions (pure functions, no I/O).
+- ``images``: image columns as per-image statistics (brightness, contrast, size) and as the model's bytes.
 - ``request_log``: the serving request log (docs/contracts.md) as a DataFrame; labels joined on request id.
 - ``performance``: metrics on a labelled window against the model's evaluation baseline.
 - ``report``: HTML report, per-feature plots, and the MLflow monitor run.

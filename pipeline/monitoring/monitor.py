@@ -24,6 +24,7 @@ import pandas as pd
 from pipeline.datasets import BATCH_ROWS
 from pipeline.monitoring.batches import parquet_sources, table_batches, with_predictions
 from pipeline.monitoring.drift import DriftConfig, DriftResult, analyse_drift
+from pipeline.monitoring.images import IMAGE_STATS, expand_batches, image_bytes, image_columns, stat_columns
 from pipeline.monitoring.performance import evaluate_performance
 from pipeline.monitoring.reference import (
     FeatureTypes,
@@ -161,10 +162,33 @@ def lineage_features(lineage: Mapping, with_predictions: bool) -> FeatureTypes:
         else:
             pred_num = (PREDICTED_VALUE,)
     # Dates move on by themselves and free text is new in every row: their values are not compared as
-    # categories (the numeric and categorical columns still are).
+    # categories (the numeric and categorical columns still are). An image is compared through the numeric
+    # statistics of ``images`` (``<column>.brightness`` ...), which every frame gets from ``images.expand_batches``.
     kinds = feats.get("kinds") or {}
-    categorical = tuple(c for c in feats.get("categorical") or () if kinds.get(c) not in ("datetime", "text"))
-    return FeatureTypes(tuple(feats.get("numeric") or ()), categorical, pred_num, pred_cat)
+    categorical = tuple(
+        c for c in feats.get("categorical") or () if kinds.get(c) not in ("datetime", "text", "image")
+    )
+    numeric = (*(feats.get("numeric") or ()), *(s for c in image_columns(lineage) for s in stat_columns(c)))
+    return FeatureTypes(tuple(numeric), categorical, pred_num, pred_cat)
+
+
+def serving_inputs(frame: pd.DataFrame, lineage: Mapping) -> dict:
+    """The ``serving_default`` inputs of a frame as numpy arrays: numeric columns as float32 (non-numbers NaN),
+    string columns as objects (missing ``""``), image columns as the files' bytes (``images.image_bytes``:
+    ``"b64:..."`` values decoded, bytes as they are; missing ``b""``)."""
+    import numpy as np
+
+    feats = lineage["features"]
+    images = set(image_columns(lineage))
+    inputs = {c: pd.to_numeric(frame[c], errors="coerce").to_numpy(np.float32) for c in feats.get("numeric") or ()}
+    for c in feats.get("categorical") or ():
+        if c in images:
+            values = np.empty(len(frame), dtype=object)
+            values[:] = [image_bytes(v) or b"" for v in frame[c].tolist()]
+            inputs[c] = values
+        else:
+            inputs[c] = frame[c].fillna("").astype(str).to_numpy(dtype=object)
+    return inputs
 
 
 def saved_model_predictions(model_dir: Path, lineage: Mapping) -> Callable[[pd.DataFrame], pd.DataFrame]:
@@ -174,7 +198,6 @@ def saved_model_predictions(model_dir: Path, lineage: Mapping) -> Callable[[pd.D
     loaded: dict = {}
 
     def predict(frame: pd.DataFrame, batch: int = 8192) -> pd.DataFrame:
-        import numpy as np
         import tensorflow as tf
 
         from pipeline.contracts import SIGNATURE
@@ -183,20 +206,10 @@ def saved_model_predictions(model_dir: Path, lineage: Mapping) -> Callable[[pd.D
             loaded["model"] = tf.saved_model.load(str(model_dir))  # kept: the signature needs its owner alive
             loaded["fn"] = loaded["model"].signatures[SIGNATURE]
         fn = loaded["fn"]
-        feats = lineage["features"]
         outputs: dict[str, list] = {}
         for start in range(0, len(frame), batch):
             part = frame.iloc[start : start + batch]
-            inputs = {
-                c: tf.constant(pd.to_numeric(part[c], errors="coerce").to_numpy(np.float32))
-                for c in feats.get("numeric") or ()
-            }
-            inputs.update(
-                {
-                    c: tf.constant(part[c].fillna("").astype(str).to_numpy(dtype=object))
-                    for c in feats.get("categorical") or ()
-                }
-            )
+            inputs = {c: tf.constant(v) for c, v in serving_inputs(part, lineage).items()}
             for name, value in fn(**inputs).items():
                 if name == "classes":
                     continue
@@ -216,7 +229,8 @@ def load_reference_stats(
     """The reference statistics of the model version of ``lineage``: cached, or built from its training split.
 
     Prediction columns are included when ``predict`` (reference frame -> ``output.*`` columns) is given and works;
-    a failure there leaves prediction drift out (``meta["predictions_error"]``), never the feature drift.
+    a failure there leaves prediction drift out (``meta["predictions_error"]``), never the feature drift. Image
+    columns reach ``predict`` as the split holds them (bytes), and the statistics as their ``images`` columns.
     """
     source = reference_source(lineage, lineage_path)
     digest = (lineage.get("dataset") or {}).get("digest") or ""
@@ -227,6 +241,9 @@ def load_reference_stats(
         "reference_source": str(source),
         "with_predictions": predict is not None,
     }
+    images = image_columns(lineage)
+    if images:  # a cache of an image model built before (or with other) image statistics is rebuilt
+        expect["image_stats"] = list(IMAGE_STATS)
     directory = cache_dir or reference_cache_dir(lineage["model_name"], lineage["version"])
 
     def build() -> ReferenceStats:
@@ -236,7 +253,8 @@ def load_reference_stats(
         if predict is not None:
             try:
                 return build_reference_streamed(
-                    lambda: _predicted(table_batches(source, columns=columns), predict, lineage),
+                    lambda: expand_batches(_predicted(table_batches(source, columns=columns), predict, lineage),
+                                           images),
                     lineage_features(lineage, with_predictions=True),
                     meta=meta,
                 )
@@ -244,7 +262,8 @@ def load_reference_stats(
                 exc = failed.__cause__
                 meta["predictions_error"] = f"{type(exc).__name__}: {exc}"[:500]
         return build_reference_streamed(
-            lambda: table_batches(source, columns=columns), lineage_features(lineage, with_predictions=False),
+            lambda: expand_batches(table_batches(source, columns=columns), images),
+            lineage_features(lineage, with_predictions=False),
             meta=meta,
         )
 
@@ -321,8 +340,9 @@ def run_monitor(
     task, class_names = lineage["task"], lineage.get("class_names") or ()
     label = lineage.get("label") or "label"
 
-    # the first batch says whether the window carries model outputs (and so whether the reference needs them)
-    batches = with_predictions(window_batches(current), task, class_names)
+    # the first batch says whether the window carries model outputs (and so whether the reference needs them);
+    # image columns become their statistics here, the one place every window batch passes
+    batches = expand_batches(with_predictions(window_batches(current), task, class_names), image_columns(lineage))
     first = next(batches, None)
     has_outputs = first is not None and any(str(c).startswith(OUTPUT_PREFIX) for c in first.columns)
     if predict_reference is None and has_outputs:

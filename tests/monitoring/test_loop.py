@@ -217,3 +217,18 @@ def test_decide_run_again_after_emitting_does_not_emit_twice(monitor_run):
     own = {"model_name": "penguins", "dag_run_id": "run-1", "window_end": END.isoformat()}
     decision = _decide(monitor_run, [own])
     assert decision["retraining_triggered"] and decision["already_emitted"]
+
+
+def test_append_labelled_turns_logged_images_back_into_their_bytes(tmp_path):
+    import base64
+
+    from pipeline.ingest import Snapshot
+
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(40))  # not UTF-8: the request log writes it as {"b64": ...}
+    snap_path = tmp_path / "snapshot.parquet"
+    pd.DataFrame({"image": [png], "label": ["a"]}).to_parquet(snap_path)
+    labelled = tmp_path / "labelled.parquet"
+    pd.DataFrame({"image": ["b64:" + base64.b64encode(png[::-1]).decode()], "label": ["b"]}).to_parquet(labelled)
+    loop.append_labelled(Snapshot(str(snap_path), "/folder", "d0", 1, {}), [str(labelled)])
+    merged = pd.read_parquet(snap_path)
+    assert merged["image"].tolist() == [png, png[::-1]]
