@@ -2,7 +2,8 @@
 (``model.module``: ``path/to/my_model.py`` or ``package.module:function``).
 
 A builder is ``build(inputs, spec, **params)``: ``inputs`` is a dict of the processed feature tensors
-(``numeric``, ``cat__<column>``, ``text__<column>``; see :class:`pipeline.preprocess.ModelSpec`, which is ``spec``)
+(``numeric``, ``cat__<column>``, ``text__<column>``, ``tokens__<column>``, ``image__<column>``; see
+:class:`pipeline.preprocess.ModelSpec`, which is ``spec``)
 and it returns the output tensor: class probabilities (softmax, ``spec.n_outputs`` wide, float32) for
 classification, one standardized value for regression. ``models.layers`` has the helpers to encode the inputs and
 make the head. Its keyword parameters are what ``model.params`` may set; they are checked when the config loads.

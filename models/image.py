@@ -1,8 +1,8 @@
 """Image builders: a small convolutional network (``cnn``) and transfer learning from a ``keras.applications``
 architecture whose weights come from a file the user names (``transfer``).
 
-Both read the ``image__<column>`` inputs (``(height, width, channels)`` floats in [0, 1], decoded and resized by
-the preprocessor inside the served model) and concatenate what they make of them with the table's other columns
+Both read the ``image__<column>`` inputs (``(height, width, channels)`` uint8 pixels, decoded and resized by
+the preprocessor inside the served model; rescaled to [0, 1] here) and concatenate what they make of them with the table's other columns
 (``models.layers.encode``), so a manifest's tabular columns can sit beside the image. Augmentation layers come
 first: Keras runs them in training only, so the endpoint and the evaluation see the images as they are (a random
 crop becomes a centre crop of the same size there, resized back, so both paths see the same framing).
@@ -97,7 +97,7 @@ def build_cnn(inputs, spec, *, filters: tuple = (32, 64, 128), convs_per_block: 
         _check_fraction(key, value, 1.0)
     parts = []
     for key, shape in _images(spec).items():
-        x = inputs[key]
+        x = keras.layers.Rescaling(1 / 255, name=f"{key}_rescale")(inputs[key])
         for layer in augmentation(key, flip=flip, rotation=rotation, zoom=zoom, translation=translation, crop=crop,
                                   contrast=contrast, brightness=brightness, shape=shape):
             x = layer(x)
@@ -198,7 +198,7 @@ def build_transfer(inputs, spec, *, architecture: str = "MobileNetV2", weights: 
     net = backbone(architecture, shape, weights, alpha)
     net.fine_tune = {"freeze_epochs": int(freeze_epochs), "layers": int(fine_tune_layers),
                      "learning_rate": float(fine_tune_learning_rate)}
-    x = inputs[key]
+    x = keras.layers.Rescaling(1 / 255, name=f"{key}_rescale")(inputs[key])
     for layer in augmentation(key, flip=flip, rotation=rotation, zoom=zoom, translation=translation, crop=crop,
                               contrast=contrast, brightness=brightness, shape=shape):
         x = layer(x)

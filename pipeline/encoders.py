@@ -190,10 +190,13 @@ def _define() -> dict[str, type]:
     @keras.saving.register_keras_serializable(package="pipeline")
     class DecodeImage(keras.layers.Layer):
         """Encoded image files (PNG, JPEG, GIF's first frame, BMP, WebP bytes: a rank-1 string batch) ->
-        ``(batch, height, width, channels)`` float32 in [0, 1]: decoded to ``channels`` (grey to RGB and RGBA to
-        RGB are converted), resized bilinearly (with antialiasing when shrinking) to ``height`` x ``width`` as
-        they are, without keeping the aspect ratio, so training and the endpoint see the same pixels. Bytes that
-        are not an image fail the request (TensorFlow's InvalidArgument, naming the problem)."""
+        ``(batch, height, width, channels)`` uint8 pixels: decoded to ``channels`` (grey to RGB and RGBA to RGB
+        are converted), resized bilinearly (with antialiasing when shrinking) to ``height`` x ``width`` as they
+        are, without keeping the aspect ratio, and rounded back to 8 bits, so training and the endpoint see the
+        same pixels. 8 bits rather than floats: decoded training images take a quarter of the memory, so four
+        times as many fit in the in-memory cache (``training.in_memory_mb``) and are decoded once instead of
+        every epoch; the builders rescale them. Bytes that are not an image fail the request (TensorFlow's
+        InvalidArgument, naming the problem)."""
 
         def __init__(self, height=32, width=32, channels=3, **kwargs):
             super().__init__(**kwargs)
@@ -202,12 +205,13 @@ def _define() -> dict[str, type]:
         def decode(self, data):
             image = tf.io.decode_image(data, channels=self.channels, expand_animations=False, dtype=tf.float32)
             image = tf.image.resize(image, [self.height, self.width], antialias=True)
-            return tf.ensure_shape(tf.clip_by_value(image, 0.0, 1.0), [self.height, self.width, self.channels])
+            image = tf.cast(tf.round(tf.clip_by_value(image, 0.0, 1.0) * 255.0), tf.uint8)
+            return tf.ensure_shape(image, [self.height, self.width, self.channels])
 
         def call(self, x):
             x = tf.reshape(x, [-1])
             return tf.map_fn(self.decode, x, fn_output_signature=tf.TensorSpec(
-                [self.height, self.width, self.channels], tf.float32))
+                [self.height, self.width, self.channels], tf.uint8))
 
         def compute_output_shape(self, input_shape):
             return (input_shape[0], self.height, self.width, self.channels)

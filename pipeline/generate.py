@@ -190,6 +190,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="write an image folder instead (<out>/<class>/*.png): scikit-learn's 1,797 digits "
                              "(8x8 grey), or --rows synthetic shapes (circle, square, triangle, cross) with noise")
     parser.add_argument("--size", type=int, default=64, help="--images shapes: width and height in pixels")
+    parser.add_argument("--text", action="store_true",
+                        help="write the support-ticket text table instead (message, channel; label team: "
+                             "pipeline.generate_text)")
     parser.add_argument("--task", choices=TASKS, default="classification",
                         help=f"label kind: classification ({LABELS['classification']}) or regression "
                              f"({LABELS['regression']})")
@@ -199,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
         return _write_images(parser, args)
     if args.rows is None or args.rows < 1:
         parser.error("--rows must be at least 1")
+    if args.text:
+        from pipeline.generate_text import main as text_main
+
+        return text_main(["--rows", str(args.rows), "--out", args.out, "--seed", str(args.seed)])
     try:
         path = write_table(generate_table(args.rows, args.seed, args.task), args.out)
     except ValueError as exc:

@@ -17,9 +17,9 @@ columns, string for every other kind) to the numeric tensors the trained model s
   split), L2-normalised;
 - ``tokens__<key>`` (with ``features.text_sequence_length``: N): the ids of a text column's first N words (0:
   padding, 1: a word out of the training split's vocabulary), for sequence builders;
-- ``image__<key>``: an image column decoded, resized and rescaled to ``(height, width, channels)`` floats in
-  [0, 1] (:class:`pipeline.encoders` ``DecodeImage``); augmentation belongs to the model, active only in
-  training (``models.image``).
+- ``image__<key>``: an image column decoded and resized to ``(height, width, channels)`` uint8 pixels
+  (:class:`pipeline.encoders` ``DecodeImage``); rescaling and augmentation belong to the model, augmentation
+  active only in training (``models.image``).
 
 During training the preprocessor runs in the ``tf.data`` pipeline on the host (Keras' advice for TPUs, and faster
 on CPUs) and the model being fitted sees only these tensors; the exported SavedModel chains the same
@@ -79,7 +79,7 @@ class ModelSpec:
         out.update({k: keras.Input(shape=(), name=k, dtype="int64") for k in self.categorical})
         out.update({k: keras.Input(shape=(w,), name=k, dtype="float32") for k, w in self.text.items()})
         out.update({k: keras.Input(shape=(n,), name=k, dtype="int64") for k, (_, n) in self.tokens.items()})
-        out.update({k: keras.Input(shape=tuple(s), name=k, dtype="float32") for k, s in self.images.items()})
+        out.update({k: keras.Input(shape=tuple(s), name=k, dtype="uint8") for k, s in self.images.items()})
         return out
 
 
@@ -525,7 +525,7 @@ def processed_row_bytes(meta: PreprocessMeta) -> int:
     mspec = meta.model_spec()
     pixels = sum(h * w * c for h, w, c in mspec.images.values())
     tokens = sum(n for _, n in mspec.tokens.values())
-    return 4 * (mspec.numeric_width + len(mspec.categorical) * 2 + sum(mspec.text.values()) + 2 + pixels) + 8 * tokens
+    return 4 * (mspec.numeric_width + len(mspec.categorical) * 2 + sum(mspec.text.values()) + 2) + pixels + 8 * tokens
 
 
 def gathered_batches(columns: tuple, n: int, batch_size: int, shuffle: bool = False,

@@ -50,7 +50,7 @@ def test_image_size_and_channels_come_from_the_data_or_the_config(shapes):
     pinned = fit_preprocessing(train, meta.feature_spec, FeaturesConfig(image_height=16, image_width=24,
                                                                         image_channels=1))
     out = build_preprocessor(pinned)(feature_arrays(train.head(3), pinned.feature_spec))["image__image"]
-    assert tuple(out.shape) == (3, 16, 24, 1) and 0.0 <= float(np.min(out)) and float(np.max(out)) <= 1.0
+    assert tuple(out.shape) == (3, 16, 24, 1) and out.dtype == "uint8" and int(np.max(out)) > 0
 
 
 def test_the_cnn_learns_shapes_and_augments_only_in_training(shapes, tmp_path):
@@ -149,3 +149,15 @@ def test_table_builders_refuse_images_by_name(shapes):
     with pytest.raises(ValueError, match="image column.*image.*use model.builder: cnn or transfer"):
         build_body(meta, ModelConfig(builder="mlp"))
     assert build_body(meta, ModelConfig()).name.startswith("cnn_"), "the default builder picks the CNN"
+
+
+def test_the_digits_example_config_loads_and_builds(shapes):
+    from pathlib import Path
+
+    from pipeline.config import load_config
+    from pipeline.train import build_body
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "conf" / "examples" / "digits.yaml")
+    assert cfg.images.column == "image" and cfg.features.image_channels == 1 and cfg.model.builder == "cnn"
+    _, _, meta = shapes
+    assert build_body(meta, cfg.model).count_params() > 0
