@@ -55,24 +55,22 @@ BEGIN, END = "<!-- images-benchmark:begin -->", "<!-- images-benchmark:end -->"
 from common import free_port, stop_group, write_section  # noqa: E402
 
 
-class EpochTimer:
-    """A Keras callback keeping each epoch's wall time."""
+def epoch_timer():
+    """A Keras callback keeping each epoch's wall time in ``times``."""
+    import keras
 
-    def __new__(cls):
-        import keras
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.times: list[float] = []
 
-        class _Timer(keras.callbacks.Callback):
-            def __init__(self):
-                super().__init__()
-                self.times: list[float] = []
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.perf_counter()
 
-            def on_epoch_begin(self, epoch, logs=None):
-                self._t = time.perf_counter()
+        def on_epoch_end(self, epoch, logs=None):
+            self.times.append(time.perf_counter() - self._t)
 
-            def on_epoch_end(self, epoch, logs=None):
-                self.times.append(time.perf_counter() - self._t)
-
-        return _Timer()
+    return EpochTimer()
 
 
 def _median(values: list[float]) -> float:
@@ -125,7 +123,7 @@ def train_ours(data: dict, epochs: int, work: Path, in_memory_mb: int | None = N
     from pipeline.train import load_model, train
 
     meta = data["meta"]
-    timer = EpochTimer()
+    timer = epoch_timer()
     cfg = TrainingConfig(epochs=epochs, early_stopping_patience=epochs)
     if in_memory_mb is not None:
         import dataclasses
@@ -164,7 +162,7 @@ def train_ceiling(data: dict, epochs: int) -> dict:
     sizes = plan(int(x.shape[0]), cfg)
     keras.utils.set_random_seed(0)
     body = compiled_body(meta, ModelConfig(builder="cnn", params=MODEL_PARAMS), cfg, sizes)
-    timer = EpochTimer()
+    timer = epoch_timer()
     body.fit({"image__image": x}, y, batch_size=sizes.batch_size, epochs=epochs, shuffle=True,
              validation_data=({"image__image": xv}, yv), validation_batch_size=1024, callbacks=[timer], verbose=2)
     accuracy = _accuracy(full_model(meta, body), meta, data["test"])

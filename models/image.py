@@ -45,19 +45,11 @@ def augmentation(name: str, *, flip: str = "horizontal", rotation: float = 0.0, 
         out += [keras.layers.RandomCrop(ch, cw, seed=seed, name=f"{name}_crop"),
                 keras.layers.Resizing(height, width, name=f"{name}_crop_resize")]
     if contrast:
-        out.append(keras.layers.RandomContrast(contrast, value_range=(0, 1), seed=seed, name=f"{name}_contrast")
-                   if _has_value_range(keras.layers.RandomContrast)
-                   else keras.layers.RandomContrast(contrast, seed=seed, name=f"{name}_contrast"))
+        out.append(keras.layers.RandomContrast(contrast, value_range=(0, 1), seed=seed, name=f"{name}_contrast"))
     if brightness:
         out.append(keras.layers.RandomBrightness(brightness, value_range=(0, 1), seed=seed,
                                                  name=f"{name}_brightness"))
     return out
-
-
-def _has_value_range(cls) -> bool:
-    import inspect
-
-    return "value_range" in inspect.signature(cls.__init__).parameters
 
 
 def _images(spec) -> dict[str, tuple[int, int, int]]:

@@ -208,6 +208,12 @@ def is_encoded_image(value: Any) -> bool:
     return head.startswith(IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
 
 
+def is_bytes_column(s: "pd.Series") -> bool:
+    """``s`` holds binary values (an image column: its files' bytes), judged by its first present value."""
+    present = s.dropna()
+    return bool(len(present)) and isinstance(present.iloc[0], (bytes, bytearray))
+
+
 def _is_bytes(values: "pd.Series") -> bool:
     return bool(len(values)) and bool(values.head(200).map(lambda v: isinstance(v, (bytes, bytearray))).all())
 

@@ -36,7 +36,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import FeaturesConfig
-from pipeline.features import BOOLEAN, CATEGORICAL, DATETIME, HIGH_CARDINALITY, IMAGE, NUMERIC, TEXT, FeatureSpec
+from pipeline.features import (BOOLEAN, CATEGORICAL, DATETIME, HIGH_CARDINALITY, IMAGE, NUMERIC, TEXT, FeatureSpec,
+                               is_bytes_column)
 
 if TYPE_CHECKING:
     import keras
@@ -159,7 +160,7 @@ def string_values(s: "pd.Series") -> "np.ndarray":
     import pandas as pd
 
     missing = s.isna().to_numpy()
-    if s.dtype == object and s.notna().any() and isinstance(s[s.notna()].iloc[0], (bytes, bytearray)):
+    if s.dtype == object and is_bytes_column(s):
         return image_bytes(s)  # an image column: its files' bytes, as they are
     if pd.api.types.is_datetime64_any_dtype(s):
         text = s.dt.strftime("%Y-%m-%d %H:%M:%S")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.config import LabelsConfig, SplitConfig
+from pipeline.features import is_bytes_column
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -86,8 +87,7 @@ def row_hash_unit(df: "pd.DataFrame", seed: int):
         values = df[col]
         if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
             canonical[str(col)] = values.astype("float64")
-        elif len(values) and isinstance(values.dropna().head(1).tolist()[0] if values.notna().any() else "",
-                                        (bytes, bytearray)):
+        elif is_bytes_column(values):
             # binary (an image file): its content's digest, so the same image lands in the same split
             # whichever file it came from (no copy of a test image in training)
             canonical[str(col)] = values.map(lambda v: hashlib.sha256(bytes(v)).hexdigest()

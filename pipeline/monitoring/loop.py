@@ -216,11 +216,6 @@ def labelled_data_paths(extras: Iterable[Mapping | None], model_name: str) -> li
     return out
 
 
-def _is_bytes_column(column) -> bool:
-    present = column.dropna()
-    return bool(len(present)) and isinstance(present.iloc[0], (bytes, bytearray))
-
-
 def append_labelled(snapshot, labelled: Sequence[str]):
     """Append newly labelled rows to an ingested snapshot, in place of the snapshot file.
 
@@ -237,7 +232,7 @@ def append_labelled(snapshot, labelled: Sequence[str]):
     import pandas as pd
 
     from pipeline.atomic import write_json_atomic, write_parquet_atomic
-    from pipeline.features import column_key
+    from pipeline.features import column_key, is_bytes_column
     from pipeline.ingest import IngestError, file_digest
     from pipeline.monitoring.monitor import read_table
 
@@ -254,7 +249,7 @@ def append_labelled(snapshot, labelled: Sequence[str]):
         for c in extra.columns:  # keep the snapshot's dtypes (the log stores numbers as JSON)
             if pd.api.types.is_numeric_dtype(base[c]) and not pd.api.types.is_numeric_dtype(extra[c]):
                 extra[c] = pd.to_numeric(extra[c], errors="coerce")
-            elif _is_bytes_column(base[c]):
+            elif is_bytes_column(base[c]):
                 # an image column: the request log holds the files as "b64:..." text; the snapshot, their bytes
                 from pipeline.monitoring.images import image_bytes
 
