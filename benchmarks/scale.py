@@ -193,9 +193,30 @@ def _compiled_body(meta, cfg):
     return model
 
 
-def throughput(home: Path, steps: int) -> dict:
+def _steady_rate(model, batch: int, skip: int, fit) -> float:
+    """Samples/s of ``fit(callbacks)`` from the end of its ``skip``-th batch to the end of its last: the
+    iterator's start (reading and shuffling a first block, slicing the tensors) is left out, as it is paid once
+    an epoch, not once every few dozen batches."""
+    import keras
+
+    ends: list[float] = []
+
+    class Timer(keras.callbacks.Callback):
+        def on_train_batch_end(self, b, logs=None):
+            ends.append(time.perf_counter())
+
+    fit([Timer()])
+    return (len(ends) - skip) * batch / (ends[-1] - ends[skip - 1])
+
+
+def throughput(home: Path, steps: int, rounds: int = 3) -> dict:
     """Samples/s of `model.fit` from the split's Parquet (streamed, preprocessed in tf.data) and from the same
-    number of rows processed into tensors beforehand (the ceiling); ``steps`` batches each, after a warm-up."""
+    number of rows processed into tensors beforehand (the ceiling): ``steps`` batches timed after ``warm``
+    untimed ones in each fit (:func:`_steady_rate`), in ``rounds`` alternating rounds (streamed, ceiling,
+    streamed, ...) whose medians are compared, so that a burst of other load on the shared machine does not
+    fall on one side only."""
+    import statistics
+
     import tensorflow as tf
 
     from pipeline.config import TrainingConfig
@@ -211,24 +232,23 @@ def throughput(home: Path, steps: int) -> dict:
     pre = build_preprocessor(meta)
     warm = 5
 
-    model = _compiled_body(meta, cfg)
+    streamed_model = _compiled_body(meta, cfg)
     streamed = parquet_dataset(train_path, meta, pre, batch, shuffle=True, seed=0, cache_bytes=0).repeat()
-    model.fit(streamed, steps_per_epoch=warm, epochs=1, verbose=0)
-    t = time.perf_counter()
-    model.fit(streamed, steps_per_epoch=steps, epochs=1, verbose=0)
-    ours = steps * batch / (time.perf_counter() - t)
-
     rows = next(iter_frames(train_path, batch_rows=(steps + warm) * batch))
     x = pre({k: tf.constant(v) for k, v in feature_arrays(rows, meta.feature_spec).items()})
     y = tf.constant(label_array(rows, meta))
-    model = _compiled_body(meta, cfg)
-    n_warm = warm * batch
-    model.fit({k: v[:n_warm] for k, v in x.items()}, y[:n_warm], batch_size=batch, epochs=1, verbose=0, shuffle=False)
-    t = time.perf_counter()
-    model.fit({k: v[n_warm:] for k, v in x.items()}, y[n_warm:], batch_size=batch, epochs=1, verbose=0, shuffle=True)
-    ceiling = (len(rows) - n_warm) / (time.perf_counter() - t)
+    memory_model = _compiled_body(meta, cfg)
+    ours, ceiling = [], []
+    for _ in range(rounds + 1):  # the first round compiles both: not counted
+        ours.append(_steady_rate(streamed_model, batch, warm, lambda cb: streamed_model.fit(
+            streamed, steps_per_epoch=steps + warm, epochs=1, verbose=0, callbacks=cb)))
+        ceiling.append(_steady_rate(memory_model, batch, warm, lambda cb: memory_model.fit(
+            x, y, batch_size=batch, epochs=1, verbose=0, shuffle=True, callbacks=cb)))
+    ours, ceiling = ours[1:], ceiling[1:]
     del x, y, rows
-    return {"batch": batch, "steps": steps, "ours": ours, "ceiling": ceiling, "ratio": ours / ceiling,
+    ours_s, ceiling_s = statistics.median(ours), statistics.median(ceiling)
+    return {"batch": batch, "steps": steps, "rounds": rounds, "ours": ours_s, "ceiling": ceiling_s,
+            "ratio": ours_s / ceiling_s, "ours_rounds": ours, "ceiling_rounds": ceiling,
             "numeric_width": meta.model_spec().numeric_width, "text_width": sum(meta.model_spec().text.values())}
 
 
@@ -339,7 +359,9 @@ def report(res: dict, judged: list[tuple[str, bool, str]], command: str) -> str:
               "", f"Throughput at {min(res['sizes']):,} rows (batch {tp['batch']}, {tp['steps']} steps; processed "
                   f"width: numeric {tp['numeric_width']}, TF-IDF {tp['text_width']}): from the Parquet shards "
                   f"{tp['ours']:,.0f} samples/s, in-memory tensors {tp['ceiling']:,.0f} samples/s "
-                  f"({tp['ratio']:.2f}x).", "",
+                  f"({tp['ratio']:.2f}x; medians of {tp['rounds']} alternating rounds: streamed "
+                  f"{', '.join(f'{v:,.0f}' for v in tp['ours_rounds'])}, in memory "
+                  f"{', '.join(f'{v:,.0f}' for v in tp['ceiling_rounds'])}).", "",
               f"Drift monitor: `pipeline monitor --direct --current <shards>` on a {res['monitor']['rows']:,}-row "
               f"window against the {min(res['sizes']):,}-row model (first run: the reference is built from its "
               f"training split too): {res['monitor']['wall_s']:.0f} s ({res['monitor']['rows_per_s']:,.0f} rows/s), "

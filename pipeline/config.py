@@ -298,6 +298,19 @@ class RetentionConfig:
 
 
 @dataclass(frozen=True, config=_SECTION)
+class ExecutionConfig:
+    """Where the TensorFlow stages' tasks run when one process runs every task of the DAG run (``pipeline
+    train``; ``pipeline.task_process``). ``shared`` (default): in that process, TensorFlow imported once.
+    ``own``: each in a child process of its own, as Airflow's executors run every task: a stage that crashes
+    the interpreter or is killed for memory fails as a task (retried, reported) instead of ending ``pipeline
+    train``, and no stage inherits what another allocated. It costs a TensorFlow import per stage (a few seconds)
+    and memory while a stage runs: the child's ~700 MB of TensorFlow beside the parent's Airflow (2M generated
+    rows: train's peak 2.6 GB against 1.9 GB shared; docs/benchmarks.md, "Data bigger than memory")."""
+
+    task_processes: Literal["shared", "own"] = "shared"
+
+
+@dataclass(frozen=True, config=_SECTION)
 class DeployConfig:
     """How a blessed version reaches the serving directory (``pipeline.deploy``, docs/deployment.md).
 
@@ -313,6 +326,8 @@ class DeployConfig:
     # canary -> stable: manual (`pipeline promote`) | immediate
     promotion_rule: Literal[PROMOTION_RULES] = "manual"
     allow_signature_change: StrictBool = False  # let a candidate change the champion's serving signature
+    # test rows (a uniform sample of the scored ones) the served candidate must answer like the evaluation; None: all
+    check_rows: Optional[Annotated[Int, Field(ge=1)]] = 10_000
     warmup_rows: Annotated[Int, Field(ge=0)] = 5              # rows of the test split written as warmup requests
     ready_timeout_s: Annotated[Float, Field(gt=0)] = 300.0    # how long the validation server may take to load it
     tf_serving_rest_url: Optional[Name] = None
@@ -403,6 +418,7 @@ class PipelineConfig:
     serving: ServingConfig = ServingConfig()
     deploy: DeployConfig = DeployConfig()
     retention: RetentionConfig = RetentionConfig()
+    execution: ExecutionConfig = ExecutionConfig()
     images: Optional[ImagesConfig] = None   # set: the source is images (also found by itself for a folder of them)
     tuning: Optional[TuningConfig] = None   # pipeline tune only; training_pipeline ignores it
     # The drift monitor's section, read by pipeline.monitoring.monitor.MonitorConfig (kept as plain data here).

@@ -131,8 +131,12 @@ def _signature(meta: "PreprocessMeta", labels: bool, weighted: bool) -> tuple:
     return tuple(out)
 
 
-def _take(arrays: tuple, idx: "np.ndarray") -> tuple:
+def _take(arrays: tuple, idx: "np.ndarray | slice") -> tuple:
     return tuple({k: v[idx] for k, v in a.items()} if isinstance(a, dict) else a[idx] for a in arrays)
+
+
+def _copy(arrays: tuple) -> tuple:
+    return tuple({k: v.copy() for k, v in a.items()} if isinstance(a, dict) else a.copy() for a in arrays)
 
 
 def _concat(a: tuple | None, b: tuple) -> tuple:
@@ -167,8 +171,8 @@ def file_batches(path: Path, meta: "PreprocessMeta", batch_size: int, labels: bo
     def cut(block: tuple, final: bool) -> Iterator[tuple]:
         n = _length(block)
         full = n if final else n - n % batch_size
-        for start in range(0, full, batch_size):
-            yield _take(block, np.arange(start, min(start + batch_size, full)))
+        for start in range(0, full, batch_size):  # views: tf.data copies each batch into tensors as it comes
+            yield _take(block, slice(start, min(start + batch_size, full)))
 
     columns = _columns(meta, labels)
     for frame in iter_frames(path, columns, row_groups=groups):
@@ -180,7 +184,7 @@ def file_batches(path: Path, meta: "PreprocessMeta", batch_size: int, labels: bo
             pending = _take(pending, rng.permutation(n))
         yield from cut(pending, final=False)
         rest = n - n % batch_size
-        pending = _take(pending, np.arange(rest, n))
+        pending = _copy(_take(pending, slice(rest, n)))  # a copy: a view would keep the whole block alive
     if pending is not None and _length(pending):
         if shuffle_rows:
             pending = _take(pending, rng.permutation(_length(pending)))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
@@ -155,21 +156,32 @@ def stage_task(name: str, mlflow_run: bool = True) -> Callable:
     dict``: the config is read from the run's snapshot (:func:`load_run_config`), the DAG run's MLflow run is
     taken from the first upstream reference (or found or created, for the first stage), the stage's nested
     MLflow run is active around the body (unless ``mlflow_run`` is false: the stage opens its own), and the
-    returned reference carries ``parent_run_id`` for the next task."""
+    returned reference carries ``parent_run_id`` for the next task. With ``execution.task_processes: own`` a
+    TensorFlow stage does all of that in a child process (``pipeline.task_process``)."""
     def wrap(body: Callable[..., dict[str, Any]]) -> Callable[..., dict[str, Any]]:
         @functools.wraps(body)
         def task(params: Mapping[str, Any], ctx: RunContext, *upstream: Mapping[str, Any], **kw: Any) -> dict[str, Any]:
-            from pipeline import tracking
+            from pipeline import task_process, tracking
 
             cfg = load_run_config(params, ctx)
+            if task_process.wanted(name, cfg.execution.task_processes):
+                return task_process.run(task, params, ctx, upstream, kw)
             if upstream:
                 parent = upstream[0]["parent_run_id"]
             else:
                 parent = tracking.parent_run(cfg.name, ctx.dag_id, ctx.run_id, ctx.logical_date, cfg.to_dict())
             current = Stage(cfg, ctx, parent)
             if not mlflow_run:
-                return {"parent_run_id": parent, **body(current, *upstream, **kw)}
+                out = {"parent_run_id": parent, **body(current, *upstream, **kw)}
+                stage_run = tracking.stage_run_id(parent, name) if task_process.in_child() else None
+                if stage_run:
+                    tracking.client().set_tag(stage_run, task_process.PID_TAG, str(os.getpid()))
+                return out
             with tracking.stage_run(parent, name):
+                if task_process.in_child():  # which process ran the stage, on its run
+                    import mlflow
+
+                    mlflow.set_tag(task_process.PID_TAG, str(os.getpid()))
                 return {"parent_run_id": parent, **body(current, *upstream, **kw)}
 
         task.stage = name

@@ -71,9 +71,10 @@ def run_dag(dag_id: str, conf: dict, early_sandbox: bool = False):
         Interrupted: inside :func:`stop_on_signals`, SIGINT or SIGTERM stopped the run; the DAG run is ended
             failed first (:func:`end_interrupted_run`) and is the exception's ``dag_run``.
     """
-    from pipeline import airflow_env, internals, tracking
+    from pipeline import airflow_env, internals, task_process, tracking
 
     env = airflow_env.apply()
+    os.environ[task_process.SHARED_ENV] = "1"  # every task of the DAG run runs in this process
     # A first run creates both databases in background processes while this one imports Airflow.
     migrating, store = airflow_env.start_db(env), tracking.start_store_init()
     try:

@@ -34,16 +34,21 @@ class Candidate:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
-def candidate_from_export(model_name: str, version: int, source: str | Path) -> Candidate:
+def candidate_from_export(model_name: str, version: int, source: str | Path, max_rows: int | None = 10_000) -> Candidate:
     """The candidate of a SavedModel written by the export stage: its lineage file names the test split and
     the DAG run whose evaluation predictions (``runs/<run>/evaluate/predictions.npy``) it must reproduce.
 
+    The served model is checked on a uniform sample of ``max_rows`` of the scored test rows (``deploy.check_rows``;
+    None: all of them) with their predictions: the test split is read record batch by record batch, so a test
+    split of millions of rows is never in memory, nor sent through the sandbox whole.
+
     Raises:
-        DeployError: the lineage file, the test split or the predictions are missing.
+        DeployError: the lineage file, the test split or the predictions are missing, or do not match.
     """
     import numpy as np
     import pandas as pd
 
+    from pipeline.datasets import as_whole_read, iter_frames, whole_read_dtypes
     from pipeline.export import read_metadata
     from pipeline.features import FeatureSpec
     from pipeline.preprocess import feature_arrays, label_strings
@@ -51,20 +56,35 @@ def candidate_from_export(model_name: str, version: int, source: str | Path) -> 
     source = Path(source)
     try:
         meta = read_metadata(source)
-        test = pd.read_parquet(meta["test_split"])
+        test_path = meta["test_split"]
         expected = np.load(paths.run_dir(meta["dag_run_id"]) / "evaluate" / "predictions.npy")
+        spec = FeatureSpec(tuple(meta["features"]["numeric"]), tuple(meta["features"]["categorical"]),
+                           meta["label"], meta["task"])
+        n = len(expected)
+        picked = None
+        if max_rows is not None and n > max_rows:  # positions among the scored rows, drawn before the read
+            picked = np.sort(np.random.default_rng(version).choice(n, size=max_rows, replace=False))
+        known = {str(c) for c in meta.get("class_names") or []}
+        dtypes = whole_read_dtypes(test_path)  # each batch typed as the evaluation's read typed it
+        parts, scored = [], 0
+        for frame in iter_frames(test_path, [*spec.numeric, *spec.categorical, spec.label]):
+            frame = as_whole_read(frame, dtypes)
+            if spec.task == "classification":  # the evaluation scores only classes seen in training
+                frame = frame[[v in known for v in label_strings(frame[spec.label])]]
+            if picked is None:
+                parts.append(frame)
+            else:
+                lo, hi = np.searchsorted(picked, [scored, scored + len(frame)])
+                parts.append(frame.iloc[picked[lo:hi] - scored])
+            scored += len(frame)
     except (OSError, KeyError, ValueError) as exc:
         raise DeployError(f"cannot find what version {version} was evaluated on ({type(exc).__name__}: {exc}); "
                           f"infra validation needs its test split and the evaluation's predictions") from exc
-    spec = FeatureSpec(tuple(meta["features"]["numeric"]), tuple(meta["features"]["categorical"]), meta["label"],
-                       meta["task"])
-    if spec.task == "classification":  # the evaluation scores only classes seen in training
-        known = {str(c) for c in meta.get("class_names") or []}
-        test = test[[v in known for v in label_strings(test[spec.label])]].reset_index(drop=True)
-    if len(test) != len(expected):
-        raise DeployError(f"the test split has {len(test)} scored rows but the evaluation saved {len(expected)} "
-                          f"predictions")
-    return Candidate(model_name, int(version), source, feature_arrays(test, spec), expected, meta)
+    if scored != n:
+        raise DeployError(f"the test split has {scored} scored rows but the evaluation saved {n} predictions")
+    test = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
+    return Candidate(model_name, int(version), source, feature_arrays(test, spec),
+                     expected if picked is None else expected[picked], meta)
 
 
 def _distrust(model_name: str, version: int, target: Path) -> str | None:
@@ -241,7 +261,7 @@ def run_deploy_stage(cfg: DeployConfig, parent_run_id: str, model_name: str, ver
             try:
                 if source is None:
                     raise DeployError(f"no SavedModel of {model_name} version {version} on disk or in MLflow")
-                report = deploy_version(candidate_from_export(model_name, version, source), cfg, blessed=True,
+                report = deploy_version(candidate_from_export(model_name, version, source, cfg.check_rows), cfg, blessed=True,
                                         reason=reason, by=by)
             except DeployError as exc:
                 _log_report(exc.report)

@@ -261,3 +261,26 @@ def test_pipeline_deploy_leaves_the_training_run_alone(reg, pipeline_home, templ
     run = reg.client.get_run(run_id)
     assert run.data.tags["deploy.source_run_id"] == parent and run.data.tags["deployed"] == "true"
     assert run.info.status == "FINISHED" and reg.aliases() == {"champion": version}
+
+
+def test_the_served_candidate_is_checked_on_a_sample_of_the_test_split(reg, templates, monkeypatch):
+    import functools
+
+    from pipeline import datasets
+
+    # record batches of 2 rows: the sample is drawn across batches, never from one whole read
+    monkeypatch.setattr(datasets, "iter_frames", functools.partial(datasets.iter_frames, batch_rows=2))
+    version, staging, _ = reg.export(templates["v1"])
+    whole = deploy.candidate_from_export(MODEL, version, staging, max_rows=None)
+    sample = deploy.candidate_from_export(MODEL, version, staging, max_rows=3)
+    assert len(whole.expected) == len(TEST_ROWS) and len(sample.expected) == 3
+    lengths = whole.inputs["bill_length_mm"]
+    rows = [int(np.flatnonzero((lengths == v) | (np.isnan(lengths) & np.isnan(v)))[0])
+            for v in sample.inputs["bill_length_mm"]]
+    assert rows == sorted(rows) and len(set(rows)) == 3  # distinct rows, in the split's order
+    np.testing.assert_array_equal(sample.expected, whole.expected[rows])  # each with its own prediction
+    for column, values in sample.inputs.items():
+        np.testing.assert_array_equal(values, whole.inputs[column][rows])
+    # the sandbox answers the sampled rows as the evaluation did
+    report = deploy.deploy_version(sample, DeployConfig(check_rows=3), blessed=True)
+    assert report["rows"] == 3 and report["rest_max_abs_diff"] <= 1e-5 and report["published"]
