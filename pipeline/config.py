@@ -326,8 +326,8 @@ class DeployConfig:
     # canary -> stable: manual (`pipeline promote`) | immediate
     promotion_rule: Literal[PROMOTION_RULES] = "manual"
     allow_signature_change: StrictBool = False  # let a candidate change the champion's serving signature
-    # test rows (a uniform sample of the scored ones) the served candidate must answer like the evaluation; None: all
-    check_rows: Optional[Annotated[Int, Field(ge=1)]] = 10_000
+    # test rows (a uniform sample of the scored ones) the served candidate must answer like the evaluation; 0: all
+    check_rows: Annotated[Int, Field(ge=0)] = 10_000
     warmup_rows: Annotated[Int, Field(ge=0)] = 5              # rows of the test split written as warmup requests
     ready_timeout_s: Annotated[Float, Field(gt=0)] = 300.0    # how long the validation server may take to load it
     tf_serving_rest_url: Optional[Name] = None

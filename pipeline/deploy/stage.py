@@ -34,12 +34,12 @@ class Candidate:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
-def candidate_from_export(model_name: str, version: int, source: str | Path, max_rows: int | None = 10_000) -> Candidate:
+def candidate_from_export(model_name: str, version: int, source: str | Path, max_rows: int = 10_000) -> Candidate:
     """The candidate of a SavedModel written by the export stage: its lineage file names the test split and
     the DAG run whose evaluation predictions (``runs/<run>/evaluate/predictions.npy``) it must reproduce.
 
     The served model is checked on a uniform sample of ``max_rows`` of the scored test rows (``deploy.check_rows``;
-    None: all of them) with their predictions: the test split is read record batch by record batch, so a test
+    0: all of them) with their predictions: the test split is read record batch by record batch, so a test
     split of millions of rows is never in memory, nor sent through the sandbox whole.
 
     Raises:
@@ -62,7 +62,7 @@ def candidate_from_export(model_name: str, version: int, source: str | Path, max
                            meta["label"], meta["task"])
         n = len(expected)
         picked = None
-        if max_rows is not None and n > max_rows:  # positions among the scored rows, drawn before the read
+        if max_rows and n > max_rows:  # positions among the scored rows, drawn before the read
             picked = np.sort(np.random.default_rng(version).choice(n, size=max_rows, replace=False))
         known = {str(c) for c in meta.get("class_names") or []}
         dtypes = whole_read_dtypes(test_path)  # each batch typed as the evaluation's read typed it

@@ -271,7 +271,7 @@ def test_the_served_candidate_is_checked_on_a_sample_of_the_test_split(reg, temp
     # record batches of 2 rows: the sample is drawn across batches, never from one whole read
     monkeypatch.setattr(datasets, "iter_frames", functools.partial(datasets.iter_frames, batch_rows=2))
     version, staging, _ = reg.export(templates["v1"])
-    whole = deploy.candidate_from_export(MODEL, version, staging, max_rows=None)
+    whole = deploy.candidate_from_export(MODEL, version, staging, max_rows=0)
     sample = deploy.candidate_from_export(MODEL, version, staging, max_rows=3)
     assert len(whole.expected) == len(TEST_ROWS) and len(sample.expected) == 3
     lengths = whole.inputs["bill_length_mm"]

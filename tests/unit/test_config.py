@@ -219,3 +219,14 @@ def test_a_module_file_runs_once_per_version(tmp_path):
     first = load_config(tmp_path / "c.yaml").model.build_fn()
     second = load_config(tmp_path / "c.yaml").model.build_fn()
     assert first is second and first.__globals__["RUNS"] == [1]
+
+
+def test_execution_and_deploy_check_rows_are_checked_by_key():
+    cfg = load_config()
+    assert cfg.execution.task_processes == "shared" and cfg.deploy.check_rows == 10_000
+    assert cfg.with_overrides({"execution.task_processes": "own"}).execution.task_processes == "own"
+    assert cfg.with_overrides({"deploy.check_rows": 0}).deploy.check_rows == 0  # every test row
+    with pytest.raises(ConfigError, match=r"execution\.task_processes"):
+        cfg.with_overrides({"execution.task_processes": "separate"})
+    with pytest.raises(ConfigError, match=r"deploy\.check_rows"):
+        cfg.with_overrides({"deploy.check_rows": -1})
