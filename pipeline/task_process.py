@@ -78,7 +78,12 @@ def run(task: Callable[..., dict[str, Any]], params: Mapping[str, Any], ctx: Any
         relay = threading.Thread(target=_relay_events, args=(read_end, progress.emit), daemon=True)
         relay.start()
         try:
-            rc = proc.wait()
+            rc = None
+            while rc is None:  # short waits: a signal's exception is raised here within half a second
+                try:
+                    rc = proc.wait(timeout=0.5)
+                except subprocess.TimeoutExpired:
+                    pass
         except BaseException:
             stop(proc)
             raise

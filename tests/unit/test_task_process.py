@@ -5,6 +5,7 @@ here."""
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import threading
 import time
@@ -38,6 +39,8 @@ def slow(params, ctx, *upstream, **kw):
     with open(params["started"], "w") as f:
         f.write(str(os.getpid()))
     time.sleep(300)
+    with open(params["started"] + ".finished", "w") as f:
+        f.write("ran to the end")
 '''
 
 
@@ -81,18 +84,21 @@ def test_an_interrupted_parent_stops_the_child(tasks_module, tmp_path):
     started = tmp_path / "started"
     main = threading.main_thread()
     assert threading.current_thread() is main
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # whatever an earlier test left in place
 
     def interrupt():
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 240
         while not started.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
-        import _thread
-
-        _thread.interrupt_main()
+        signal.pthread_kill(main.ident, signal.SIGINT)  # a real SIGINT, to the thread waiting for the child
 
     threading.Thread(target=interrupt, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        task_process.run(tasks_module.slow, {"started": str(started)}, CTX, (), {})
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            task_process.run(tasks_module.slow, {"started": str(started)}, CTX, (), {})
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert not (tmp_path / "started.finished").exists(), "the child was stopped, not waited for"
     pid = int(started.read_text())
     with pytest.raises(ProcessLookupError):  # stopped and reaped
         os.kill(pid, 0)
