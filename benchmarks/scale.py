@@ -11,7 +11,8 @@ Then, on the smallest size's training split and fitted encodings:
 
 - throughput: samples/s of `model.fit` on the default model fed by `pipeline.datasets.parquet_dataset` streaming
   the split's Parquet (preprocessing each epoch), against the ceiling: `model.fit` of the same model on the
-  same number of rows already processed into tensors in memory (the same steps, after a warm-up each);
+  same number of rows already processed into tensors in memory (the same steps; each fit timed on its
+  steady-state batches after 5 untimed ones, in 3 alternating rounds whose medians are compared);
 - accuracy: the test accuracy of the run (trained from shards) against `pipeline.train.train` on the same
   split read into frames (the in-memory path), with the same config and seed; equal within noise means within
   two standard errors of a difference of two accuracies on that test split.
@@ -193,7 +194,7 @@ def _compiled_body(meta, cfg):
     return model
 
 
-def _steady_rate(model, batch: int, skip: int, fit) -> float:
+def _steady_rate(batch: int, skip: int, fit) -> float:
     """Samples/s of ``fit(callbacks)`` from the end of its ``skip``-th batch to the end of its last: the
     iterator's start (reading and shuffling a first block, slicing the tensors) is left out, as it is paid once
     an epoch, not once every few dozen batches."""
@@ -240,9 +241,9 @@ def throughput(home: Path, steps: int, rounds: int = 3) -> dict:
     memory_model = _compiled_body(meta, cfg)
     ours, ceiling = [], []
     for _ in range(rounds + 1):  # the first round compiles both: not counted
-        ours.append(_steady_rate(streamed_model, batch, warm, lambda cb: streamed_model.fit(
+        ours.append(_steady_rate(batch, warm, lambda cb: streamed_model.fit(
             streamed, steps_per_epoch=steps + warm, epochs=1, verbose=0, callbacks=cb)))
-        ceiling.append(_steady_rate(memory_model, batch, warm, lambda cb: memory_model.fit(
+        ceiling.append(_steady_rate(batch, warm, lambda cb: memory_model.fit(
             x, y, batch_size=batch, epochs=1, verbose=0, shuffle=True, callbacks=cb)))
     ours, ceiling = ours[1:], ceiling[1:]
     del x, y, rows

@@ -2,8 +2,8 @@
 (``execution.task_processes: own``; the default, ``shared``, keeps them in that process).
 
 Airflow's executors (Celery, local) start a process per task; ``pipeline train`` runs the DAG through
-``dag.test``, which runs every task in its own process: TensorFlow is imported once, and a stage that crashes the
-interpreter (a segfault in a custom op, the out-of-memory killer) ends the whole command. With ``own`` the
+``dag.test``, which runs every task in that one process: TensorFlow is imported once, and a stage that crashes
+the interpreter (a segfault in a custom op, the out-of-memory killer) ends the whole command. With ``own`` the
 TensorFlow stages (:data:`STAGES`) run in a child (``python -m pipeline.task_process SPEC``): the same task
 function, called with the same params, context and upstream references, in the same MLflow run (tagged with
 the child's pid, :data:`PID_TAG`). The parent waits: the task's result comes back as JSON, its exception pickled
@@ -19,6 +19,7 @@ decides).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
@@ -156,7 +157,7 @@ def main(spec_path: str) -> int:
     spec = json.loads(Path(spec_path).read_text())
     fd = os.environ.pop("PIPELINE_TASK_EVENTS_FD", None)
     task = getattr(importlib.import_module(spec["module"]), spec["name"])
-    with progress.attached(_events_sink(int(fd))) if fd else _nothing():
+    with progress.attached(_events_sink(int(fd))) if fd else contextlib.nullcontext():
         try:
             result = task(spec["params"], RunContext(**spec["ctx"]), *spec["upstream"], **spec["kw"])
         except BaseException as exc:
@@ -172,12 +173,6 @@ def main(spec_path: str) -> int:
 
     write_json_atomic(Path(spec["result"]), result, default=str)
     return 0
-
-
-def _nothing():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 if __name__ == "__main__":

@@ -34,12 +34,13 @@ class Candidate:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
-def candidate_from_export(model_name: str, version: int, source: str | Path, max_rows: int = 10_000) -> Candidate:
+def candidate_from_export(model_name: str, version: int, source: str | Path,
+                          max_rows: int = 10_000) -> Candidate:
     """The candidate of a SavedModel written by the export stage: its lineage file names the test split and
     the DAG run whose evaluation predictions (``runs/<run>/evaluate/predictions.npy``) it must reproduce.
 
-    The served model is checked on a uniform sample of ``max_rows`` of the scored test rows (``deploy.check_rows``;
-    0: all of them) with their predictions: the test split is read record batch by record batch, so a test
+    The served model is checked on a uniform sample of ``max_rows`` of the scored test rows
+    (``deploy.check_rows``; 0: all of them) with their predictions: the test split is read record batch by record batch, so a test
     split of millions of rows is never in memory, nor sent through the sandbox whole.
 
     Raises:
@@ -80,6 +81,8 @@ def candidate_from_export(model_name: str, version: int, source: str | Path, max
     except (OSError, KeyError, ValueError) as exc:
         raise DeployError(f"cannot find what version {version} was evaluated on ({type(exc).__name__}: {exc}); "
                           f"infra validation needs its test split and the evaluation's predictions") from exc
+    if not parts:
+        raise DeployError(f"the test split {test_path} has no rows to check version {version} on")
     if scored != n:
         raise DeployError(f"the test split has {scored} scored rows but the evaluation saved {n} predictions")
     test = pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0].reset_index(drop=True)
@@ -261,8 +264,8 @@ def run_deploy_stage(cfg: DeployConfig, parent_run_id: str, model_name: str, ver
             try:
                 if source is None:
                     raise DeployError(f"no SavedModel of {model_name} version {version} on disk or in MLflow")
-                report = deploy_version(candidate_from_export(model_name, version, source, cfg.check_rows), cfg, blessed=True,
-                                        reason=reason, by=by)
+                candidate = candidate_from_export(model_name, version, source, cfg.check_rows)
+                report = deploy_version(candidate, cfg, blessed=True, reason=reason, by=by)
             except DeployError as exc:
                 _log_report(exc.report)
                 mlflow.set_tag("deployed", "false")
