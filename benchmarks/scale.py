@@ -19,7 +19,7 @@ Then, on the smallest size's training split and fitted encodings:
 
 Floors (the issue's): peak RSS of `pipeline train` on 10M rows < 3 GB, ingest alone < 1 GB; throughput from
 shards >= 0.9x the in-memory ceiling; accuracy equal within noise; the drift monitor on a 10M-row window < 2 GB:
-a window of `--monitor-rows` rows (another seed of the same table, as Parquet shards) analysed by
+a window of `--monitor-rows` rows (another sample of the same table, as Parquet shards) analysed by
 `pipeline monitor --direct --current <shards>` against the smallest size's model (its first monitor run, so the
 reference is built from the training split too), process-tree peak RSS polled the same way. `--quick` runs
 200,000 rows, one epoch, a 200,000-row window, and judges the memory floors on those sizes (named in the output). The last line is `floors met: K/N`; the exit status is non-zero unless all are met.
@@ -48,21 +48,19 @@ MB = 1 << 20
 TASK_LINE = re.compile(r"^\W*\s*(\w+)\s+(running|success|failed|up_for_retry)(?:\s+([\d.]+)s)?\s*$")
 
 
-def write_shards(rows: int, out_dir: Path, seed: int = 0) -> Path:
-    """The generated table of ``rows`` rows as Parquet shards of ``SHARD_ROWS`` rows, one in memory at a time;
-    the order ids numbered over the whole table (each chunk is generated with its own seed)."""
+def write_shards(rows: int, out_dir: Path, seed: int = 0, sample: int = 0) -> Path:
+    """The generated table of ``rows`` rows (`pipeline generate`'s chunks: one concept, order ids unique over
+    the table; ``sample`` another draw of it) with ``NOISE_COLUMNS`` Gaussian columns, as Parquet shards of
+    ``SHARD_ROWS`` rows, one in memory at a time."""
     import numpy as np
 
-    from pipeline.generate import generate_table
+    from pipeline.generate import iter_chunks
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    for i, start in enumerate(range(0, rows, SHARD_ROWS)):
-        n = min(SHARD_ROWS, rows - start)
-        frame = generate_table(n, seed=seed + i)
-        frame["order_id"] = [f"ORD-{start + j:09d}" for j in range(n)]
-        rng = np.random.default_rng([seed, i, 1])
+    for i, frame in enumerate(iter_chunks(rows, seed, sample=sample, chunk_rows=SHARD_ROWS)):
+        rng = np.random.default_rng([seed, i, sample, 1])
         for k in range(NOISE_COLUMNS):
-            frame.insert(len(frame.columns) - 1, f"noise_{k}", rng.normal(size=n))
+            frame.insert(len(frame.columns) - 1, f"noise_{k}", rng.normal(size=len(frame)))
         frame.to_parquet(out_dir / f"part-{i:05d}.parquet", index=False)
         del frame
     return out_dir
@@ -139,7 +137,7 @@ def run_monitor_window(home: Path, rows: int, out_dir: Path) -> dict:
     import psutil
 
     t = time.monotonic()
-    window = write_shards(rows, out_dir, seed=101)  # another seed: a new sample of the training distribution
+    window = write_shards(rows, out_dir, sample=1)  # new rows of the training distribution
     gen_s = time.monotonic() - t
     env = {**os.environ, "PIPELINE_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2"}
     cmd = [str(BIN / "pipeline"), "monitor", "--direct", "--current", str(window), "--model-name", "scale",

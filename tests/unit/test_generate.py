@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.generate import CLASSES, LABELS, NEGATIVE, POSITIVE, generate_table, main
+from pipeline.generate import CLASSES, LABELS, NEGATIVE, POSITIVE, generate_table, iter_chunks, main, write_table
 
 FEATURES = ["order_id", "order_date", "customer_age", "basket_value", "n_items", "channel", "region",
             "product_code", "is_member", "review"]
@@ -151,3 +151,84 @@ def test_main_writes_by_extension(tmp_path, capsys, name):
 def test_main_refuses_unknown_extension(tmp_path):
     with pytest.raises(SystemExit):
         main(["--rows", "5", "--out", str(tmp_path / "orders.xlsx")])
+
+
+def _code_outcome(frame: pd.DataFrame, codes: pd.Index) -> pd.Series:
+    """The mean outcome (returned -1, kept 0, reordered 1) of the orders of each of ``codes``."""
+    rows = frame[frame["product_code"].isin(codes)]
+    outcome = rows["outcome"].map({"returned": -1, "kept": 0, "reordered": 1})
+    return outcome.groupby(rows["product_code"]).mean().reindex(codes)
+
+
+def test_chunks_are_one_table_with_unique_ids():
+    chunks = list(iter_chunks(2_500, seed=4, chunk_rows=1_000))
+    assert [len(c) for c in chunks] == [1_000, 1_000, 500]
+    pd.testing.assert_frame_equal(chunks[0], generate_table(1_000, seed=4))
+    ids = pd.concat(chunks)["order_id"]
+    assert ids.is_unique and sorted(ids.str[4:].astype(int)) == list(range(2_500))
+    assert not chunks[1]["review"].reset_index(drop=True).equals(chunks[0]["review"].iloc[:1_000])
+
+
+def test_chunks_and_samples_share_the_concept():
+    """Chunks and other samples of one seed name and weigh the product codes alike and cut the label at the
+    same thresholds; another seed is another concept."""
+    first = pd.concat(iter_chunks(60_000, seed=5, chunk_rows=20_000), ignore_index=True)
+    again = pd.concat(iter_chunks(60_000, seed=5, sample=1, chunk_rows=20_000), ignore_index=True)
+    other = generate_table(60_000, seed=6)
+    assert not first["order_date"].equals(again["order_date"])
+    assert set(first["product_code"].value_counts().index[:10]) <= set(again["product_code"].value_counts().index[:20])
+    assert not set(first["product_code"].value_counts().index[:20]) & set(other["product_code"].value_counts().index[:5])
+    top = first["product_code"].value_counts().index[:30]
+    same = np.corrcoef(_code_outcome(first, top), _code_outcome(again, top))[0, 1]
+    assert same > 0.9, same
+    for frame in (first, again):
+        shares = frame["outcome"].value_counts(normalize=True)
+        assert abs(shares["returned"] - 0.15) < 0.02 and abs(shares["reordered"] - 0.30) < 0.02
+
+
+def test_drift_moves_features_and_label():
+    base = pd.concat(iter_chunks(30_000, seed=2, sample=1, chunk_rows=10_000))
+    moved = pd.concat(iter_chunks(30_000, seed=2, sample=1, drift=1.0, chunk_rows=10_000))
+    assert moved["customer_age"].mean() - base["customer_age"].mean() > 7  # +10 years before clipping at 90
+    assert np.log(moved["basket_value"]).mean() - np.log(base["basket_value"]).mean() == pytest.approx(0.5, abs=0.05)
+    phone = [f["channel"].eq("phone").mean() for f in (base, moved)]
+    assert phone[1] > 2 * phone[0]
+    returned = [f["outcome"].eq("returned").mean() for f in (base, moved)]
+    assert returned[1] > returned[0] + 0.03, returned  # less satisfied customers return more
+    assert list(moved.columns) == list(base.columns) and moved["order_id"].is_unique
+
+
+@pytest.mark.parametrize("name", ["orders.csv", "orders.parquet", "orders/"])
+def test_write_table_streams_chunks(tmp_path, name):
+    out = f"{tmp_path}/{name}"  # a trailing / asks for shards
+    chunks = list(iter_chunks(2_100, seed=1, chunk_rows=1_000))
+    chunks[2]["review"] = None  # a chunk whose text column is all missing still fits the first one's schema
+    path = write_table(iter(chunks), out)
+    if name.endswith("/"):
+        assert sorted(p.name for p in path.iterdir()) == [f"part-{i:05d}.parquet" for i in range(3)]
+        back = pd.read_parquet(path)
+    else:
+        back = pd.read_csv(path) if name.endswith(".csv") else pd.read_parquet(path)
+    assert len(back) == 2_100 and list(back.columns) == list(chunks[0].columns)
+    assert back["order_id"].tolist() == pd.concat(chunks)["order_id"].tolist()
+    assert back["review"].iloc[2_000:].isna().all()
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
+
+
+def test_write_table_leaves_nothing_when_interrupted(tmp_path):
+    def broken():
+        yield generate_table(100, seed=0)
+        raise RuntimeError("generator failed")
+
+    for name in ("orders.parquet", "orders.csv"):
+        with pytest.raises(RuntimeError):
+            write_table(broken(), tmp_path / name)
+        assert not (tmp_path / name).exists()
+
+
+def test_main_drift_and_sample(tmp_path, capsys):
+    out = tmp_path / "window.parquet"
+    assert main(["--rows", "300", "--out", str(out), "--seed", "2", "--sample", "1", "--drift", "0.5"]) == 0
+    expected = pd.concat(iter_chunks(300, seed=2, sample=1, drift=0.5))
+    pd.testing.assert_frame_equal(pd.read_parquet(out), expected.reset_index(drop=True))
+    assert "drift 0.5" in capsys.readouterr().out
