@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     import keras
     import numpy as np
     import pandas as pd
+    import pyarrow as pa
     import tensorflow as tf
 
     from pipeline.preprocess import PreprocessMeta
@@ -49,11 +50,12 @@ def parquet_rows(source: str | Path | Sequence[str | Path]) -> int:
     return sum(pq.ParquetFile(p).metadata.num_rows for p in parquet_files(source))
 
 
-def iter_frames(source: str | Path | Sequence[str | Path], columns: Sequence[str] | None = None,
-                batch_rows: int = BATCH_ROWS, row_groups: Sequence[int] | None = None) -> Iterator["pd.DataFrame"]:
-    """The rows of ``source`` in file order as pandas frames of at most ``batch_rows`` rows (one record batch
-    each), with only ``columns`` (default: all); ``row_groups`` picks and orders the row groups of a single file.
-    Raises KeyError naming the file and the column when a column is missing."""
+def iter_record_batches(source: str | Path | Sequence[str | Path], columns: Sequence[str] | None = None,
+                        batch_rows: int = BATCH_ROWS,
+                        row_groups: Sequence[int] | None = None) -> Iterator["pa.RecordBatch"]:
+    """The rows of ``source`` in file order as Arrow record batches of at most ``batch_rows`` rows, with only
+    ``columns`` (default: all); ``row_groups`` picks and orders the row groups of a single file. Raises KeyError
+    naming the file and the column when a column is missing."""
     import pyarrow.parquet as pq
 
     for path in parquet_files(source):
@@ -63,9 +65,15 @@ def iter_frames(source: str | Path | Sequence[str | Path], columns: Sequence[str
             if missing:
                 raise KeyError(f"{path}: no column {missing[0]!r} (columns: {', '.join(pf.schema_arrow.names)})")
         groups = list(row_groups) if row_groups is not None else None
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=list(columns) if columns is not None else None,
-                                     row_groups=groups):
-            yield batch.to_pandas()
+        yield from pf.iter_batches(batch_size=batch_rows, columns=list(columns) if columns is not None else None,
+                                   row_groups=groups)
+
+
+def iter_frames(source: str | Path | Sequence[str | Path], columns: Sequence[str] | None = None,
+                batch_rows: int = BATCH_ROWS, row_groups: Sequence[int] | None = None) -> Iterator["pd.DataFrame"]:
+    """:func:`iter_record_batches` as pandas frames, one per record batch."""
+    for batch in iter_record_batches(source, columns, batch_rows, row_groups):
+        yield batch.to_pandas()
 
 
 def sample_frame(source: str | Path | Sequence[str | Path], max_rows: int, seed: int = 0,
@@ -91,106 +99,6 @@ def sample_frame(source: str | Path | Sequence[str | Path], max_rows: int, seed:
     return pd.concat(parts, ignore_index=True)
 
 
-def _columns(meta: "PreprocessMeta", labels: bool) -> list[str]:
-    spec = meta.feature_spec
-    return [*spec.numeric, *spec.categorical, *([spec.label] if labels else [])]
-
-
-def _model_arrays(frame: "pd.DataFrame", meta: "PreprocessMeta", labels: bool,
-                  class_weight: dict[int, float] | None) -> tuple:
-    """One frame as the model's raw inputs: ``(features,)`` or ``(features, label[, weight])``, the label as
-    ``processed_dataset`` gives it (class index, or standardized value for regression)."""
-    import numpy as np
-
-    from pipeline.preprocess import feature_arrays, label_array
-
-    feats = feature_arrays(frame, meta.feature_spec)
-    if not labels:
-        return (feats,)
-    y = label_array(frame, meta)
-    if meta.feature_spec.task == "regression":
-        return feats, ((y - meta.label_mean) / meta.label_std).astype(np.float32)
-    if class_weight is None:
-        return feats, y
-    # a class unseen in training (-1) weighs 1, as in train()
-    lookup = np.array([class_weight.get(i, 1.0) for i in range(len(meta.class_names))] + [1.0], dtype=np.float32)
-    return feats, y, lookup[y]
-
-
-def _signature(meta: "PreprocessMeta", labels: bool, weighted: bool) -> tuple:
-    import tensorflow as tf
-
-    spec = meta.feature_spec
-    feats = {**{c: tf.TensorSpec((None,), tf.float32) for c in spec.numeric},
-             **{c: tf.TensorSpec((None,), tf.string) for c in spec.categorical}}
-    out = [feats]
-    if labels:
-        out.append(tf.TensorSpec((None,), tf.int64 if spec.task == "classification" else tf.float32))
-        if weighted:
-            out.append(tf.TensorSpec((None,), tf.float32))
-    return tuple(out)
-
-
-def _take(arrays: tuple, idx: "np.ndarray | slice") -> tuple:
-    return tuple({k: v[idx] for k, v in a.items()} if isinstance(a, dict) else a[idx] for a in arrays)
-
-
-def _copy(arrays: tuple) -> tuple:
-    return tuple({k: v.copy() for k, v in a.items()} if isinstance(a, dict) else a.copy() for a in arrays)
-
-
-def _concat(a: tuple | None, b: tuple) -> tuple:
-    import numpy as np
-
-    if a is None:
-        return b
-    return tuple({k: np.concatenate([x[k], y[k]]) for k in x} if isinstance(x, dict) else np.concatenate([x, y])
-                 for x, y in zip(a, b))
-
-
-def _length(arrays: tuple) -> int:
-    first = arrays[0]
-    return len(next(iter(first.values()))) if isinstance(first, dict) and first else len(arrays[-1])
-
-
-def file_batches(path: Path, meta: "PreprocessMeta", batch_size: int, labels: bool = True,
-                 class_weight: dict[int, float] | None = None, shuffle_rows: int = 0,
-                 rng: "np.random.Generator | None" = None) -> Iterator[tuple]:
-    """Batches of one Parquet file's rows as model inputs (see :func:`_model_arrays`), ``batch_size`` rows each
-    but the last. With ``shuffle_rows`` the row groups are read in a random order and the rows are shuffled in
-    blocks of ``shuffle_rows``: a block is filled from the file, permuted and cut into batches (the rows left
-    over, fewer than a batch, go into the next block), so memory holds one block, never the file."""
-    import numpy as np
-    import pyarrow.parquet as pq
-
-    groups = None
-    if shuffle_rows:
-        groups = rng.permutation(pq.ParquetFile(path).metadata.num_row_groups).tolist()
-    pending: tuple | None = None
-
-    def cut(block: tuple, final: bool) -> Iterator[tuple]:
-        n = _length(block)
-        full = n if final else n - n % batch_size
-        for start in range(0, full, batch_size):  # views: tf.data copies each batch into tensors as it comes
-            yield _take(block, slice(start, min(start + batch_size, full)))
-
-    columns = _columns(meta, labels)
-    for frame in iter_frames(path, columns, row_groups=groups):
-        pending = _concat(pending, _model_arrays(frame, meta, labels, class_weight))
-        n = _length(pending)
-        if shuffle_rows and n < shuffle_rows:
-            continue
-        if shuffle_rows:
-            pending = _take(pending, rng.permutation(n))
-        yield from cut(pending, final=False)
-        rest = n - n % batch_size
-        pending = _copy(_take(pending, slice(rest, n)))  # a copy: a view would keep the whole block alive
-    if pending is not None and _length(pending):
-        if shuffle_rows:
-            pending = _take(pending, rng.permutation(_length(pending)))
-        yield from cut(pending, final=True)
-
-
 def parquet_dataset(source: str | Path | Sequence[str | Path], meta: "PreprocessMeta", preprocessor: "keras.Model",
                     batch_size: int, shuffle: bool = False, seed: int = 0, labels: bool = True,
                     class_weight: dict[int, float] | None = None, shuffle_buffer: int | None = None,
@@ -201,12 +109,13 @@ def parquet_dataset(source: str | Path | Sequence[str | Path], meta: "Preprocess
     When the processed rows fit in ``cache_bytes`` they are computed once, record batch by record batch, and
     each epoch gathers its batches from them as ``processed_dataset`` does (the raw table is never whole in
     memory, only its processed tensors). Otherwise every epoch streams the files again: one generator per file,
-    interleaved over up to four files when shuffling (in file order otherwise), each shuffling blocks of ``shuffle_buffer`` rows (split between the files
-    read at once; default 262,144) with its row groups in a random order; the preprocessor runs in parallel
-    ``map`` calls and batches are prefetched. The shuffle is done on whole column arrays in NumPy rather than
-    by ``tf.data.Dataset.shuffle`` over single rows: a buffer of row tensors costs several times the data and
-    the per-row elements cost most of the throughput. Each epoch gets its own order, the same in every run with
-    the same ``seed``.
+    interleaved over up to four files when shuffling (in file order otherwise), each shuffling blocks of
+    ``shuffle_buffer`` rows (split between the files read at once; default 262,144) with its row groups in a
+    random order; the batches travel packed (:mod:`pipeline.model_inputs`), the preprocessor runs in parallel
+    ``map`` calls and batches are prefetched. The shuffle is an Arrow ``take`` on whole columns rather than
+    ``tf.data.Dataset.shuffle`` over single rows: a buffer of row tensors costs several times the data and the
+    per-row elements cost most of the throughput. Each epoch gets its own order, the same in every run with the
+    same ``seed``.
 
     Args:
         source: the split's Parquet file(s) (raw feature columns plus the label).
@@ -215,21 +124,23 @@ def parquet_dataset(source: str | Path | Sequence[str | Path], meta: "Preprocess
     import numpy as np
     import tensorflow as tf
 
+    from pipeline.model_inputs import packed_batches, packed_signature, unpacked
     from pipeline.preprocess import gathered_batches, processed_row_bytes
 
     files = parquet_files(source)
     rows = [parquet_rows(f) for f in files]
     n = sum(rows)
     weighted = labels and class_weight is not None and meta.feature_spec.task == "classification"
-    signature = _signature(meta, labels, weighted)
+    signature = packed_signature(meta, labels, weighted)
 
-    def apply(*batch):
-        return (preprocessor(batch[0]), *batch[1:]) if len(batch) > 1 else preprocessor(batch[0])
+    def apply(numbers, text, starts, lengths, *extras):
+        processed = preprocessor(unpacked(meta, numbers, text, starts, lengths))
+        return (processed, *extras) if extras else processed
 
     if processed_row_bytes(meta) * n <= cache_bytes:
         def chunks():
             for f in files:
-                yield from file_batches(f, meta, 4096, labels, class_weight)
+                yield from packed_batches(f, meta, 4096, labels, class_weight)
 
         raw = tf.data.Dataset.from_generator(chunks, output_signature=signature)
         processed = list(raw.map(apply, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True))
@@ -252,7 +163,7 @@ def parquet_dataset(source: str | Path | Sequence[str | Path], meta: "Preprocess
         i = int(index)
         rng = np.random.default_rng([seed, i, epochs[i]])
         epochs[i] += 1
-        yield from file_batches(files[i], meta, batch_size, labels, class_weight, per_file, rng)
+        yield from packed_batches(files[i], meta, batch_size, labels, class_weight, per_file, rng)
 
     order = tf.data.Dataset.range(len(files))
     if shuffle and len(files) > 1:

@@ -3,7 +3,7 @@
 The *preprocessor* is a Keras model from the raw features (one rank-1 input per feature key: float32 for numeric
 columns, string for every other kind) to the numeric tensors the trained model sees:
 
-- ``numeric``: one float matrix, concatenating per column
+- ``numeric``: one float matrix, concatenating per column (numeric columns first, then booleans, then dates)
   numeric -> quantile in the training split mapped to a normal value, and the value standardized (clipped to
   +-5) (+ a missing indicator if it had gaps);
   boolean -> 1/0/0.5 (+ missing indicator); datetime -> elapsed time, year, and month / day / weekday / hour
@@ -13,8 +13,8 @@ columns, string for every other kind) to the numeric tensors the trained model s
   out-of-vocabulary values hashed into ``hash_buckets`` slots (one slot for low-cardinality columns); also, for
   a numeric column with at most ``value_ids`` distinct values (codes, counts, levels), the id of its value
   (``ValueIds``), so the model can single out each value as a tree does besides reading the number;
-- ``text__<key>``: TF-IDF of words and word bigrams (``TextVectorization``, vocabulary and IDF from the training
-  split), L2-normalised;
+- ``text__<key>``: TF-IDF of words and word bigrams (vocabulary and IDF from the training split, terms as
+  ``TextVectorization`` makes them), L2-normalised (:class:`pipeline.encoders` ``TfIdf``);
 - ``tokens__<key>`` (with ``features.text_sequence_length``: N): the ids of a text column's first N words (0:
   padding, 1: a word out of the training split's vocabulary), for sequence builders;
 - ``image__<key>``: an image column decoded and resized to ``(height, width, channels)`` uint8 pixels
@@ -444,9 +444,14 @@ def build_preprocessor(meta: PreprocessMeta) -> "keras.Model":
     inputs = raw_inputs(spec)
     name = _namer(inputs)
     numeric_parts, outputs = [], {}
-    for col in spec.names:  # input order fixes the layout of the numeric matrix
+    # the numeric matrix: every numeric column's QuantileNormal values (one layer for all), then the booleans'
+    # and the dates' columns, each in input order
+    quantiled = [col for col in spec.names if col in meta.numeric]
+    if quantiled:
+        numeric_parts.append(L["QuantileNormals"](columns=[meta.numeric[c] for c in quantiled],
+                                                  name=name("numeric_quantiles"))([inputs[c] for c in quantiled]))
+    for col in spec.names:
         if col in meta.numeric:
-            numeric_parts.append(L["QuantileNormal"](**meta.numeric[col], name=name(f"{col}_quantile"))(inputs[col]))
             if col in meta.value_ids:
                 outputs[f"cat__{col}"] = L["ValueIds"](**meta.value_ids[col], name=name(f"{col}_value_ids"))(inputs[col])
         elif col in meta.boolean:
@@ -460,10 +465,8 @@ def build_preprocessor(meta: PreprocessMeta) -> "keras.Model":
             outputs[f"cat__{col}"] = lookup(inputs[col])
         elif col in meta.text:
             p = meta.text[col]
-            vectorize = keras.layers.TextVectorization(vocabulary=p["vocabulary"], idf_weights=p["idf"],
-                                                       ngrams=p["ngrams"], output_mode="tf_idf",
-                                                       name=name(f"{col}_tfidf"))
-            outputs[f"text__{col}"] = keras.layers.UnitNormalization(name=name(f"{col}_l2"))(vectorize(inputs[col]))
+            outputs[f"text__{col}"] = L["TfIdf"](vocabulary=p["vocabulary"], idf=p["idf"], ngrams=p["ngrams"],
+                                                 name=name(f"{col}_tfidf"))(inputs[col])
             if col in meta.tokens:
                 t = meta.tokens[col]
                 ids = keras.layers.TextVectorization(vocabulary=t["vocabulary"], output_mode="int",

@@ -5,9 +5,11 @@ import pandas as pd
 import pytest
 
 from pipeline.config import ModelConfig, TrainingConfig
-from pipeline.datasets import file_batches, iter_frames, parquet_dataset, parquet_rows, sample_frame
+from pipeline.datasets import iter_frames, parquet_dataset, parquet_rows, sample_frame
 from pipeline.features import FeatureSpec
-from pipeline.preprocess import build_preprocessor, class_weights, fit_preprocessing, label_array, processed_dataset
+from pipeline.model_inputs import feature_columns, file_batches, label_column
+from pipeline.preprocess import (build_preprocessor, class_weights, feature_arrays, fit_preprocessing, label_array,
+                                 processed_dataset)
 
 SPEC = FeatureSpec(("x",), ("color",), "label", "classification")
 
@@ -52,6 +54,46 @@ def test_sample_is_uniform_bounded_and_in_order(tmp_path):
     assert len(sample) == 1000 and sample["i"].is_unique and sample["i"].is_monotonic_increasing
     assert 4000 < sample["i"].mean() < 6000  # drawn over every shard, not the first rows
     pd.testing.assert_frame_equal(sample, sample_frame(shards, 1000, seed=3))
+
+
+def test_arrow_columns_equal_the_frame_path():
+    """The record-batch reader gives the model exactly what ``feature_arrays``/``label_array`` give on the same
+    rows read into pandas, for every Arrow type a split can hold (the fast path and the fallback alike)."""
+    import datetime
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    day = datetime.datetime(2024, 2, 29, 13, 5)
+    batch = pa.record_batch({
+        "f64": [1.5, None, 3.0, -0.25], "f32": pa.array([1.5, 2.0, None, 1e-3], pa.float32()),
+        "i64": pa.array([1, 2, 3, 2**40], pa.int64()), "i_gap": pa.array([1, None, 3, 4], pa.int32()),
+        "b_num": [True, False, None, True], "s_num": ["1.5", "x", None, "2"],
+        "s": ["red", None, "", "blue"], "ls": pa.array(["a b", None, "c", "ü"], pa.large_string()),
+        "ts": pa.array([day, None, day, day], pa.timestamp("us")), "flag": [True, None, False, True],
+        "code_f": [12345.0, None, 7.5, 3.0], "code_i": [1, 2, 3, 4],
+        "dict": pa.array(["a", "b", None, "a"]).dictionary_encode(),
+        "label": ["a", None, "z", "b"], "label_i": [1, 2, None, 1], "margin": [1.0, None, 2.5, 3.0],
+        "margin_i": [1, 2, 3, 4],
+    })
+    numeric = ("f64", "f32", "i64", "i_gap", "b_num", "s_num")
+    categorical = ("s", "ls", "ts", "flag", "code_f", "code_i", "dict")
+    frame = batch.to_pandas()
+    spec = FeatureSpec(numeric, categorical, "label", "classification")
+    ours, theirs = feature_columns(batch, spec), feature_arrays(frame, spec)
+    assert list(ours) == list(theirs)
+    for c in numeric:
+        assert ours[c].dtype == np.float32
+        np.testing.assert_array_equal(ours[c], theirs[c], err_msg=c)
+    for c in categorical:
+        assert ours[c].tolist() == theirs[c].tolist(), c
+    for label, task, classes in [("label", "classification", ["a", "b"]), ("label_i", "classification", ["1", "2"]),
+                                 ("margin", "regression", []), ("margin_i", "regression", [])]:
+        meta = SimpleNamespace(feature_spec=FeatureSpec(numeric, categorical, label, task), class_names=classes)
+        got, want = label_column(batch, meta), label_array(frame, meta)
+        assert got.dtype == want.dtype, label
+        np.testing.assert_array_equal(got, want, err_msg=label)
+    assert label_column(batch, SimpleNamespace(feature_spec=spec, class_names=["a", "b"])).tolist() == [0, -1, -1, 1]
 
 
 def test_file_batches_in_order_and_shuffled_in_blocks(tmp_path):
