@@ -22,7 +22,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "lineage": ("pipeline.commands.deploy", "lineage_main", "where a served version comes from"),
     "tensorboard": ("pipeline.commands.tensorboard", "main", "TensorBoard on a run's training logs (127.0.0.1)"),
     "retention": ("pipeline.retention", "main", "remove the directories of old runs that no served version needs"),
-    "generate": ("pipeline.generate", "main", "write a synthetic table of mixed feature kinds (CSV or Parquet)"),
+    "generate": ("pipeline.generate", "main", "write a synthetic table of mixed feature kinds (CSV, Parquet or shards)"),
 }
 
 # Commands whose process ends without interpreter teardown once they return (see exit_now).

@@ -137,6 +137,14 @@ def test_parquet_dataset_gives_what_the_frame_gives(tmp_path, cache_bytes):
         np.testing.assert_array_equal(g, w)
     if cache_bytes == 0:
         assert int(ds.cardinality()) == 3 * 2  # 100 rows a shard: two batches each
+        # a shard is preprocessed as one block and cut into the batches
+        assert [len(y) for _, y, _ in ds] == [64, 36] * 3
+        features_only = list(parquet_dataset(_shards(tmp_path / "f", df, 3), meta, pre, 64, labels=False,
+                                             cache_bytes=0))
+        assert all(isinstance(b, dict) for b in features_only) and [len(b["numeric"]) for b in features_only] == [
+            64, 36] * 3
+        np.testing.assert_allclose(np.concatenate([b["numeric"] for b in features_only]), want[0]["numeric"],
+                                   rtol=1e-6)
         shuffled = parquet_dataset(_shards(tmp_path / "s", df, 3), meta, pre, 64, shuffle=True, seed=1,
                                    class_weight=by_class, cache_bytes=0)
         epoch1, epoch2 = _flat(shuffled), _flat(shuffled)
