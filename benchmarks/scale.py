@@ -326,7 +326,7 @@ def floors(res: dict) -> list[tuple[str, bool, str]]:
     out.append((f"ingest alone on {big:,} rows < 1 GB", 0 < ingest < 1024 * MB, f"{ingest / MB:,.0f} MB"))
     tp = res["throughput"]
     out.append(("training throughput from shards >= 0.9x the in-memory ceiling", tp["ratio"] >= 0.9,
-                f"{tp['ours']:,.0f} vs {tp['ceiling']:,.0f} samples/s ({tp['ratio']:.2f}x)"))
+                f"{tp['ours']:,.0f} vs {tp['ceiling']:,.0f} samples/s ({tp['ratio']:.3f}x)"))
     small = sizes[res["accuracy_rows"]]
     mem_acc, n = res["in_memory_accuracy"]
     p = (small["accuracy"] + mem_acc) / 2
@@ -366,7 +366,7 @@ def report(res: dict, judged: list[tuple[str, bool, str]], command: str) -> str:
               "", f"Throughput at {min(res['sizes']):,} rows (batch {tp['batch']}, {tp['steps']} steps; processed "
                   f"width: numeric {tp['numeric_width']}, TF-IDF {tp['text_width']}): from the Parquet shards "
                   f"{tp['ours']:,.0f} samples/s, in-memory tensors {tp['ceiling']:,.0f} samples/s "
-                  f"({tp['ratio']:.2f}x; medians of {tp['rounds']} alternating rounds: streamed "
+                  f"({tp['ratio']:.3f}x; medians of {tp['rounds']} alternating rounds: streamed "
                   f"{', '.join(f'{v:,.0f}' for v in tp['ours_rounds'])}, in memory "
                   f"{', '.join(f'{v:,.0f}' for v in tp['ceiling_rounds'])}). The in-memory path on the same "
                   f"rows as a frame (raw rows in memory, shuffled and preprocessed each epoch, as `pipeline.train` "

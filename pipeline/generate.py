@@ -24,9 +24,9 @@ only reaches the best attainable score by using all of them; noise keeps that be
                             noise (negative for some orders; R² ceiling ~0.8)
 
 The table is a pure function of its arguments (``rows``, ``seed``, ``task``, ``sample``, ``drift``). numpy
-does the work column by column: 100k rows take about a second. Large tables are generated and written 250,000 rows at a time (memory stays a
-few hundred MB at any size: ``--rows 10000000 --out orders/`` writes 40 Parquet shards); ``--sample`` draws
-new rows of the same table and ``--drift`` moves them, for the drift monitor.
+does the work column by column: 100k rows take about a second. Large tables are generated and written 250,000
+rows at a time (memory stays a few hundred MB at any size: ``--rows 10000000 --out orders/`` writes 40 Parquet
+shards); ``--sample`` draws new rows of the same table and ``--drift`` moves them, for the drift monitor.
 """
 from __future__ import annotations
 
