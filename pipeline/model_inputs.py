@@ -73,14 +73,21 @@ def string_array(col: "pa.Array", image: bool) -> "pa.Array":
     return pa.array(string_values(col.to_pandas()), pa.string())
 
 
-def feature_columns(batch: "pa.RecordBatch", spec: "FeatureSpec") -> dict[str, "np.ndarray"]:
-    """:func:`pipeline.preprocess.feature_arrays` of a record batch."""
+def _features(batch: "pa.RecordBatch", spec: "FeatureSpec") -> dict[str, "pa.Array"]:
+    """The features of a record batch as the model's inputs take them, as Arrow arrays without nulls."""
+    import pyarrow as pa
+
     from pipeline.features import IMAGE
 
-    out = {c: numeric_values(batch.column(c)) for c in spec.numeric}
+    out = {c: pa.array(numeric_values(batch.column(c))) for c in spec.numeric}
     for c in spec.categorical:
-        out[c] = string_array(batch.column(c), spec.kind(c) == IMAGE).to_numpy(zero_copy_only=False)
+        out[c] = string_array(batch.column(c), spec.kind(c) == IMAGE)
     return out
+
+
+def feature_columns(batch: "pa.RecordBatch", spec: "FeatureSpec") -> dict[str, "np.ndarray"]:
+    """:func:`pipeline.preprocess.feature_arrays` of a record batch."""
+    return {c: a.to_numpy(zero_copy_only=False) for c, a in _features(batch, spec).items()}
 
 
 def label_column(batch: "pa.RecordBatch", meta: "PreprocessMeta") -> "np.ndarray":
@@ -110,12 +117,9 @@ def normalized(batch: "pa.RecordBatch", meta: "PreprocessMeta", labels: bool,
     import numpy as np
     import pyarrow as pa
 
-    from pipeline.features import IMAGE
-
     spec = meta.feature_spec
-    arrays = [pa.array(numeric_values(batch.column(c))) for c in spec.numeric]
-    arrays += [string_array(batch.column(c), spec.kind(c) == IMAGE) for c in spec.categorical]
-    names = [*spec.numeric, *spec.categorical]
+    features = _features(batch, spec)
+    arrays, names = list(features.values()), list(features)
     if labels:
         y = label_column(batch, meta)
         if spec.task == "regression":
