@@ -254,6 +254,8 @@ def write_table(frames: pd.DataFrame | Iterator[pd.DataFrame], out: str | Path) 
         for i, frame in enumerate(frames):
             frame.to_parquet(tmp / f"part-{i:05d}.parquet", index=False)
         path.mkdir(parents=True, exist_ok=True)
+        for old in path.glob("part-*.parquet"):  # a previous, larger table's shards would join this one
+            old.unlink()
         for part in sorted(tmp.glob("*.parquet")):
             part.replace(path / part.name)
         tmp.rmdir()

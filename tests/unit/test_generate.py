@@ -215,6 +215,14 @@ def test_write_table_streams_chunks(tmp_path, name):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary left behind
 
 
+def test_shards_replace_a_previous_larger_table(tmp_path):
+    out = f"{tmp_path}/orders/"
+    write_table(iter_chunks(300, seed=0, chunk_rows=100), out)
+    write_table(iter_chunks(150, seed=1, chunk_rows=100), out)
+    assert sorted(p.name for p in (tmp_path / "orders").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    assert len(pd.read_parquet(out)) == 150
+
+
 def test_write_table_leaves_nothing_when_interrupted(tmp_path):
     def broken():
         yield generate_table(100, seed=0)
