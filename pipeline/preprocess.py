@@ -269,6 +269,10 @@ def _text_vocabulary(values: "np.ndarray", opts: FeaturesConfig) -> dict:
                                              output_mode="multi_hot")
     counter.adapt(docs)
     vocab = [str(v) for v in counter.get_vocabulary()]
+    if len(vocab) == 1:
+        # not one word in the training split (empty or punctuation only): the TF-IDF is the out-of-vocabulary
+        # column alone, which no training row has (a lookup on a vocabulary of [UNK] alone fails in Keras)
+        return {"vocabulary": vocab, "idf": [float(np.log1p(len(values)))], "ngrams": opts.text_ngrams}
     # IDF as Keras computes it for tf_idf: log(1 + documents / (1 + documents containing the term)).
     df = np.zeros(len(vocab))
     for batch in docs:
@@ -469,7 +473,8 @@ def build_preprocessor(meta: PreprocessMeta) -> "keras.Model":
                                                  name=name(f"{col}_tfidf"))(inputs[col])
             if col in meta.tokens:
                 t = meta.tokens[col]
-                ids = keras.layers.TextVectorization(vocabulary=t["vocabulary"], output_mode="int",
+                # a column without words keeps ids 0 and 1 only: the placeholder is a term no text can give
+                ids = keras.layers.TextVectorization(vocabulary=t["vocabulary"] or ["NO TERM"], output_mode="int",
                                                      output_sequence_length=t["length"], name=name(f"{col}_tokens"))
                 outputs[f"tokens__{col}"] = ids(inputs[col])
         elif col in meta.image:

@@ -233,3 +233,24 @@ def test_fit_from_parquet_is_the_frame_fit_or_a_sample_with_exact_classes(tmp_pa
     assert (fitted.label_mean, fitted.label_std) == pytest.approx((exact.label_mean, exact.label_std), rel=1e-9)
     assert dataclasses.replace(fitted, numeric=exact.numeric, value_ids=exact.value_ids, label_mean=exact.label_mean,
                                label_std=exact.label_std) == exact
+
+
+def test_a_text_column_without_a_word_in_training_is_fitted_and_served():
+    """Punctuation and empty strings only: the TF-IDF is the out-of-vocabulary column alone and the token ids
+    are padding and out-of-vocabulary; the served model takes any text."""
+    from pipeline.config import ModelConfig
+    from pipeline.export import predict_keras
+    from pipeline.preprocess import full_model
+    from pipeline.train import build_body
+
+    df = mixed_frame()
+    df["review"] = ["!!! ... ??"] * (len(df) - 1) + [""]
+    meta = fit_preprocessing(df, mixed_spec(df), FeaturesConfig(text_sequence_length=8))
+    assert meta.text["review"]["vocabulary"] == ["[UNK]"] and meta.tokens["review"]["vocabulary"] == []
+    served_rows = df.head(3).assign(review=["...", "a word never seen", ""])
+    out = _run(build_preprocessor(meta), feature_arrays(served_rows, meta.feature_spec))
+    np.testing.assert_array_equal(out["text__review"], [[0.0], [1.0], [0.0]])
+    np.testing.assert_array_equal(out["tokens__review"][:, :4], [[0, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+    for builder in ("tabular", "text_cnn"):
+        served = full_model(meta, build_body(meta, ModelConfig(builder)))
+        assert np.isfinite(predict_keras(served, served_rows, meta)).all()
