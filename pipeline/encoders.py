@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import math
 
+# the vocabulary entry of a lookup that has no term: standardisation lowercases and splits on spaces, so no text
+# gives it (Keras refuses an empty vocabulary)
+NO_TERM = "NO TERM"
+
 _LAYERS: dict[str, type] | None = None
 
 
@@ -305,9 +309,8 @@ def _define() -> dict[str, type]:
             if not self.vocabulary or self.vocabulary[0] != "[UNK]" or len(self.idf) != len(self.vocabulary):
                 raise ValueError(f"{self.name}: the vocabulary must start with [UNK] and have one idf weight per "
                                  f"entry (got {len(self.vocabulary)} entries and {len(self.idf)} weights)")
-            # int ids, ragged: 0 is the (unused) padding id, 1 out of vocabulary, 2.. the vocabulary's terms; a
-            # vocabulary of [UNK] alone gets a placeholder no text can match (standardisation lowercases terms)
-            self.ids = keras.layers.TextVectorization(vocabulary=self.vocabulary[1:] or ["NO TERM"], ngrams=ngrams,
+            # int ids, ragged: 0 is the (unused) padding id, 1 out of vocabulary, 2.. the vocabulary's terms
+            self.ids = keras.layers.TextVectorization(vocabulary=self.vocabulary[1:] or [NO_TERM], ngrams=ngrams,
                                                       output_mode="int", ragged=True, name=f"{self.name}_ids")
 
         def call(self, x):

@@ -441,7 +441,7 @@ def build_preprocessor(meta: PreprocessMeta) -> "keras.Model":
     """The preprocessor (raw features -> processed tensors, see the module docstring), rebuilt from ``meta``."""
     import keras
 
-    from pipeline.encoders import layers
+    from pipeline.encoders import NO_TERM, layers
 
     L = layers()
     spec = meta.feature_spec
@@ -473,8 +473,8 @@ def build_preprocessor(meta: PreprocessMeta) -> "keras.Model":
                                                  name=name(f"{col}_tfidf"))(inputs[col])
             if col in meta.tokens:
                 t = meta.tokens[col]
-                # a column without words keeps ids 0 and 1 only: the placeholder is a term no text can give
-                ids = keras.layers.TextVectorization(vocabulary=t["vocabulary"] or ["NO TERM"], output_mode="int",
+                # a column without words keeps ids 0 and 1 only
+                ids = keras.layers.TextVectorization(vocabulary=t["vocabulary"] or [NO_TERM], output_mode="int",
                                                      output_sequence_length=t["length"], name=name(f"{col}_tokens"))
                 outputs[f"tokens__{col}"] = ids(inputs[col])
         elif col in meta.image:
@@ -500,7 +500,7 @@ def processed_dataset(df: "pd.DataFrame", meta: PreprocessMeta, preprocessor: "k
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.datasets import PREPROCESS_ROWS
+    from pipeline.datasets import block_rows
 
     feats = feature_arrays(df, meta.feature_spec)
     extras: list[Any] = []
@@ -527,8 +527,7 @@ def processed_dataset(df: "pd.DataFrame", meta: PreprocessMeta, preprocessor: "k
     def apply(*batch):
         return (preprocessor(batch[0]), *batch[1:]) if len(batch) > 1 else preprocessor(batch[0])
 
-    # preprocessed in blocks of whole batches (the ops' fixed cost paid once a block), then cut into batches
-    block = batch_size * max(1, PREPROCESS_ROWS // batch_size)
+    block = block_rows(batch_size)
     ds = ds.batch(block).map(apply, num_parallel_calls=tf.data.AUTOTUNE)
     if block > batch_size:
         ds = ds.rebatch(batch_size)
