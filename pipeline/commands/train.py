@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
 import os
 import signal
@@ -248,11 +249,15 @@ class Interrupted(KeyboardInterrupt):
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+RECHECK_SIGNAL = signal.SIGUSR1  # sent to the main thread while an interrupt is held: raise it now?
+RECHECK_S = 0.05  # how often, while the code holding it runs
+SLOW_STOP_S = 30.0  # a stop still going after this long writes every thread's stack to stderr (the log file)
 _received: list[int] = []  # the stop signals received inside stop_on_signals; the first one stops the command
-_state: dict[str, Any] = {"active": False, "pending": False, "task": None, "interrupted_task": None, "run": None}
+_state: dict[str, Any] = {"active": False, "pending": False, "held": False, "task": None, "interrupted_task": None,
+                          "run": None, "wake": None}
 
-# Steps that must not stop half way, by (module, function): an interrupt inside one is held and raised at the next
-# safe point (the fit's next progress event, or the end of the task: Hooks.before_stopping), milliseconds later.
+# Steps that must not stop half way, by (module, function): an interrupt inside one is held and raised as soon as
+# it returns (the main thread is signalled again every RECHECK_S), or at the fit's next progress event.
 _WHOLE_STEPS = {
     # the fit's resume checkpoint: a torn weights file or an empty metadata file would fail the retry
     ("keras.src.callbacks.backup_and_restore", "_save_model"),
@@ -262,12 +267,23 @@ _WHOLE_STEPS = {
     ("pipeline.deploy.layout", "publish"),
     ("pipeline.deploy.aliases", "move_aliases"),
 }
+# Code that is not written to be interrupted at any bytecode, by module: held the same way. A database
+# transaction cut between its statements and its commit keeps SQLite's write lock for as long as the
+# exception's traceback holds the connection, and every write after it (the stage's MLflow run ended FAILED,
+# the epochs flushed) then waits out the busy timeout MLflow sets, 20 s, and fails: a Ctrl-C that landed in the
+# fit's per-epoch MLflow write left the command running for over a minute (tests/commands/test_held_interrupts.py).
+# Airflow's metadata database goes through SQLAlchemy too. Not MLflow's REST client: a tracking server that does
+# not answer would hold a Ctrl-C for its retries.
+_HELD_MODULES = ("sqlalchemy.", "alembic.", "mlflow.store.tracking.", "mlflow.store.model_registry.",
+                 "mlflow.store.db.")
 
 
-def _in_whole_step(frame) -> bool:
+def _held(frame) -> bool:
+    """Whether an interrupt arriving in ``frame`` must wait: a whole step or held code is on the stack."""
     while frame is not None:
-        where = (frame.f_globals.get("__name__"), frame.f_code.co_name)
-        if where in _WHOLE_STEPS:
+        module = frame.f_globals.get("__name__") or ""
+        where = (module, frame.f_code.co_name)
+        if where in _WHOLE_STEPS or module.startswith(_HELD_MODULES):
             return True
         if where == ("pipeline.deploy.stage", "_deploy_locked"):
             # between the rename that published the candidate and the aliases' move (its temporary copy is gone)
@@ -290,41 +306,84 @@ def _on_signal(signum: int, frame) -> None:
             os._exit(128 + signum)
     _received.append(signum)
     _state["interrupted_task"] = _state["task"]
+    with contextlib.suppress(Exception):  # what a stop that hangs waits for, in the log: no guessing afterwards
+        faulthandler.dump_traceback_later(SLOW_STOP_S)
     # Pending until the task ends: a library may swallow a KeyboardInterrupt (Airflow's lazy context values
     # evaluate theirs again), and a fit still reporting progress afterwards is stopped at its next event.
     _state["pending"] = True
-    if _in_whole_step(frame):
-        return  # raised at the next safe point
+    if _held(frame):
+        _state["held"] = True
+        with contextlib.suppress(OSError):
+            os.write(_state["wake"], b"!")  # async-signal-safe: no lock taken in a handler
+        return
     raise Interrupted(signum, _state["task"])
+
+
+def _on_recheck(signum: int, frame) -> None:
+    """RECHECK_SIGNAL's handler: the held interrupt, raised once the code holding it has returned."""
+    if _state["held"] and not _held(frame):
+        _state.update(held=False, pending=False)
+        raise Interrupted(_received[0], _state["interrupted_task"])
+
+
+def _recheck_held(wake_fd: int) -> None:
+    """A thread: while an interrupt is held, signal the main thread every RECHECK_S (:func:`_on_recheck`: a
+    handler only sees the frame it interrupted, so the main thread has to be interrupted again to look)."""
+    import select
+    import time
+
+    main = threading.main_thread().ident
+    while _state["active"]:
+        select.select([wake_fd], [], [])
+        with contextlib.suppress(OSError):
+            os.read(wake_fd, 64)
+        while _state["active"] and _state["held"]:
+            signal.pthread_kill(main, RECHECK_SIGNAL)
+            time.sleep(RECHECK_S)
 
 
 def _raise_pending(event: dict) -> None:
     """A progress sink: raises a held or swallowed interrupt at the fit's next event."""
-    if _state["pending"] and event["kind"] in ("batch", "epoch") and not _in_whole_step(sys._getframe()):
-        _state["pending"] = False
+    if _state["pending"] and event["kind"] in ("batch", "epoch") and not _held(sys._getframe()):
+        _state.update(pending=False, held=False)
         raise Interrupted(_received[0], _state["interrupted_task"])
 
 
 @contextlib.contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Inside the block SIGINT and SIGTERM raise :class:`Interrupted` in the main thread (once each command; a
-    second signal ends the process at once, after SIGKILL to its children); the previous handlers afterwards."""
+    second signal ends the process at once, after SIGKILL to its children); the previous handlers afterwards.
+    An interrupt arriving in a whole step or in database code (:func:`_held`) is raised when that returns."""
     import psutil  # noqa: F401 - imported now rather than by the handler, maybe half way through another import
 
     from pipeline import progress
 
-    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    previous = {s: signal.getsignal(s) for s in (*STOP_SIGNALS, RECHECK_SIGNAL)}
     _received.clear()
-    _state.update(active=True, pending=False, task=None, interrupted_task=None, run=None)
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    _state.update(active=True, pending=False, held=False, task=None, interrupted_task=None, run=None,
+                  wake=write_fd)
+    rechecks = threading.Thread(target=_recheck_held, args=(read_fd,), name="held-interrupt", daemon=True)
+    rechecks.start()
     for s in STOP_SIGNALS:
         signal.signal(s, _on_signal)
+    signal.signal(RECHECK_SIGNAL, _on_recheck)
     try:
         with progress.attached(_raise_pending):
             yield
     finally:
-        _state["active"] = False
+        faulthandler.cancel_dump_traceback_later()
+        _state.update(active=False, held=False)
+        with contextlib.suppress(OSError):
+            os.write(write_fd, b"!")
+        rechecks.join(timeout=5)  # before the handlers go: a last recheck must not meet SIGUSR1's default, exit
+        if rechecks.is_alive():
+            previous[RECHECK_SIGNAL] = signal.SIG_IGN
         for s, handler in previous.items():
             signal.signal(s, handler)
+        os.close(read_fd)
+        os.close(write_fd)
 
 
 _TASK_HOOKS = None  # the listener of _watch_task_signals, once registered
@@ -357,7 +416,7 @@ def _watch_task_signals() -> None:
             own_sigterm()
             _state["task"] = None
             if _state["active"] and _received:
-                _state["pending"] = False
+                _state.update(pending=False, held=False)
                 raise Interrupted(_received[0], _state["interrupted_task"])
 
     _TASK_HOOKS = Hooks()

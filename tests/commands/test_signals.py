@@ -99,10 +99,19 @@ class Command:
         try:
             code = self.proc.wait(timeout=DEADLINE_S)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"still running {DEADLINE_S} s after the signal:\n{self.output[-5000:]}")
+            pytest.fail(f"still running {DEADLINE_S} s after the signal:\n{self.output[-5000:]}\n{self.log_tail()}")
         took = time.monotonic() - self.sent_at
         self._drain()
         return code, took
+
+    def log_tail(self, chars: int = 12000) -> str:
+        """The end of the command's log file (a stop that hangs writes every thread's stack there after
+        ``pipeline.commands.train.SLOW_STOP_S``)."""
+        match = re.search(r"^logs:\s+(\S+)", self.output, re.MULTILINE)
+        path = Path(match.group(1)) if match else None
+        if path is None or not path.is_file():
+            return "(no log file)"
+        return f"the log's end ({path}):\n{path.read_text(errors='replace')[-chars:]}"
 
     def finish(self, timeout: float) -> int:
         """Wait for the command to end by itself; its exit status."""
