@@ -7,7 +7,7 @@ nothing is recorded when no view is attached (a task run by a Celery worker or t
 :class:`LiveView` draws them: on a terminal one line per task (state and duration) and a bar for the epochs with
 the loss and the validation metric, redrawn in place (``rich``); elsewhere plain lines, one per task state and
 one per epoch, and why the run is stopping when SIGINT or SIGTERM stopped it (an ``interrupted`` event,
-``pipeline.commands.train.stop_on_signals``). :func:`captured_output` sends everything else this process and
+``pipeline.commands.stopping.stop_on_signals``). :func:`captured_output` sends everything else this process and
 its children write (Airflow's, MLflow's and TensorFlow's logs) to a file while the view has the terminal.
 """
 from __future__ import annotations

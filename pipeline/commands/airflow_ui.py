@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     airflow_env.ensure_db(env)
     print(f"Airflow home: {env['AIRFLOW_HOME']}\nDAGs:         {env['AIRFLOW__CORE__DAGS_FOLDER']}\n"
           f"UI:           http://{env['AIRFLOW__API__HOST']}:{env['AIRFLOW__API__PORT']}", flush=True)
-    from pipeline.commands.train import Interrupted, stop_on_signals
+    from pipeline.commands.stopping import Interrupted, stop_on_signals
 
     # Its own process group (a Ctrl-C on the terminal reaches this process only, which stops all of it), stopped
     # as a whole with every process under it: LocalExecutor workers can outlive a SIGTERM to the scheduler.
@@ -55,7 +55,7 @@ def stop_airflow(proc: subprocess.Popen) -> None:
     """Stop ``airflow standalone`` and everything under it: SIGTERM to each process of its tree (a task's process
     may be in a group of its own), SIGKILL to those left after :data:`STOP_TIMEOUT_S`, then to its process group
     for what started meanwhile."""
-    from pipeline.commands.train import stop_children
+    from pipeline.commands.stopping import stop_children
 
     if proc.poll() is None:
         stop_children(timeout_s=STOP_TIMEOUT_S, root=proc.pid)  # the tree is read before anything is signalled

@@ -71,7 +71,7 @@ def _versions(model_name: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.commands.train import Interrupted, stop_children, stop_on_signals
+    from pipeline.commands.stopping import Interrupted, stop_children, stop_on_signals
     from pipeline.preflight import monitor_problem
 
     args = _parser().parse_args(argv)

@@ -1,4 +1,4 @@
-"""A SIGINT or SIGTERM that lands in database code is held until that code returns (``pipeline.commands.train``).
+"""A SIGINT or SIGTERM that lands in database code is held until that code returns (``pipeline.commands.stopping``).
 
 Raised between a transaction's statements and its commit, the interrupt left SQLite's write lock held while its
 traceback kept the connection, and every later MLflow write (the stage's run ended FAILED, the epochs flushed)
@@ -15,7 +15,7 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 
-from pipeline.commands import train as command
+from pipeline.commands import stopping as command
 
 
 @pytest.fixture

@@ -106,7 +106,7 @@ class Command:
 
     def log_tail(self, chars: int = 12000) -> str:
         """The end of the command's log file (a stop that hangs writes every thread's stack there after
-        ``pipeline.commands.train.SLOW_STOP_S``)."""
+        ``pipeline.commands.stopping.SLOW_STOP_S``)."""
         match = re.search(r"^logs:\s+(\S+)", self.output, re.MULTILINE)
         path = Path(match.group(1)) if match else None
         if path is None or not path.is_file():
