@@ -121,11 +121,17 @@ def _on_signal(signum: int, frame) -> None:
     raise Interrupted(signum, _state["task"])
 
 
+def _raise_received() -> None:
+    """Raise the interrupt the first signal asked for, no longer pending or held (the safe points: a recheck,
+    the fit's next event, the end of the task)."""
+    _state.update(pending=False, held=False)
+    raise Interrupted(_received[0], _state["interrupted_task"])
+
+
 def _on_recheck(signum: int, frame) -> None:
     """RECHECK_SIGNAL's handler: the held interrupt, raised once the code holding it has returned."""
     if _state["held"] and not _held(frame):
-        _state.update(held=False, pending=False)
-        raise Interrupted(_received[0], _state["interrupted_task"])
+        _raise_received()
 
 
 def _recheck_held(wake_fd: int) -> None:
@@ -147,8 +153,7 @@ def _recheck_held(wake_fd: int) -> None:
 def _raise_pending(event: dict) -> None:
     """A progress sink: raises a held or swallowed interrupt at the fit's next event."""
     if _state["pending"] and event["kind"] in ("batch", "epoch") and not _held(sys._getframe()):
-        _state.update(pending=False, held=False)
-        raise Interrupted(_received[0], _state["interrupted_task"])
+        _raise_received()
 
 
 @contextlib.contextmanager
@@ -218,8 +223,7 @@ def watch_task_signals() -> None:
             own_sigterm()
             _state["task"] = None
             if _state["active"] and _received:
-                _state.update(pending=False, held=False)
-                raise Interrupted(_received[0], _state["interrupted_task"])
+                _raise_received()
 
     _TASK_HOOKS = Hooks()
     get_listener_manager().add_listener(_TASK_HOOKS)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import time
 
 import pytest
 from sqlalchemy import event
@@ -67,7 +68,7 @@ def test_an_interrupt_inside_an_mlflow_write_is_raised_after_its_commit(store, s
             with pytest.raises(command.Interrupted) as interrupted:  # kept, as Airflow keeps a task's error
                 client.log_batch(run_id, metrics=[Metric("loss", 0.5, 0, step) for step in range(3)])
                 for _ in range(1000):  # the held interrupt comes within RECHECK_S of the write's end
-                    __import__("time").sleep(0.01)
+                    time.sleep(0.01)
     finally:
         stop_listening()
     assert sent, "the listener saw the metrics INSERT"
@@ -85,7 +86,7 @@ def test_an_interrupt_outside_held_code_is_raised_where_it_lands():
         with pytest.raises(command.Interrupted) as interrupted:
             os.kill(os.getpid(), signal.SIGINT)
             for _ in range(1000):
-                __import__("time").sleep(0.01)
+                time.sleep(0.01)
     assert interrupted.value.signum == signal.SIGINT
     assert {s: signal.getsignal(s) for s in before} == before  # the previous handlers are back
 
@@ -94,7 +95,6 @@ def test_a_held_interrupt_waits_for_the_held_code_and_a_slow_stop_dumps_the_stac
     """Held code (here a module named as held) finishes its work, the interrupt comes right after; a stop still
     going after ``SLOW_STOP_S`` writes every thread's stack to stderr, which is the log file of a command."""
     import threading
-    import time
 
     region = {"__name__": "held_region_for_test"}
     exec("def work(seconds, done):\n    import time\n    time.sleep(seconds)\n    done.append(True)\n", region)
